@@ -213,7 +213,9 @@ def _read_jsonl(path: str) -> pa.Table:
       if not isinstance(row, dict):
         raise InputError('expected a JSON object per line', path=path, line=lineno)
       rows.append(row)
-  return pa.Table.from_pylist(rows)
+  # from_pylist takes its columns from the first row alone: list the union so no column is lost.
+  names = list(dict.fromkeys(k for row in rows for k in row))
+  return pa.Table.from_pydict({k: [row.get(k) for row in rows] for k in names})
 
 
 def read_utterances(path: os.PathLike | str) -> pa.Table:
