@@ -1,0 +1,258 @@
+"""Whisper log-mel features exactly as Qwen2-Audio's processor computes them, in numpy and JAX.
+
+Qwen2-Audio's processor runs ``WhisperFeatureExtractor(feature_size=128)``: a 16 kHz waveform is
+zero-padded (or truncated) to 30 s, framed with a centred 400-sample periodic Hann window every 160
+samples (reflect padding at both ends of the padded clip), turned into a power spectrum, projected on
+128 Slaney-normalised Slaney-scale mel filters over 0-8 kHz, and compressed as::
+
+    log = log10(max(mel, 1e-10));  log = max(log, max(log) - 8);  features = (log + 4) / 4
+
+with ``max(log)`` over the whole clip (all 3000 frames, the last STFT frame dropped).
+
+Buckets. Padding every clip to 30 s wastes most of the work on speech clips of a few seconds, so
+batches are padded to the smallest of :data:`BUCKET_SECONDS` that holds their longest clip, and the
+features of a bucket of ``S`` samples are the first ``S // 160`` frames of Hugging Face's. This is
+exact, not approximate, because of three facts:
+
+1. Frame ``k`` sees the padded clip's samples [160 k - 200, 160 k + 200). Past the clip, Hugging
+   Face's 30 s clip holds zeros, so a bucket's last frames must see zeros there too: the bucket is
+   extended on the right with zeros, not reflected (the 30 s bucket reflects, as Hugging Face does).
+2. The dynamic-range clamp uses the clip's maximum. A frame made only of padding has mel energy 0,
+   hence log10 = log10(1e-10), the smallest value possible, so padding never raises the maximum:
+   frames that lie wholly past the clip cannot change it, however many there are.
+3. But the two frames after a bucket's last frame still overlap its last 200 samples, so when a
+   clip ends there one of them can hold the maximum: a click in the last 80 samples weighs more
+   under the next frame's window centre than under any of the bucket's frames. So the maximum is
+   taken over the bucket's frames plus these two guard frames, which makes it equal to Hugging
+   Face's maximum over all 3000 frames; the guard frames are then dropped.
+
+Valid frames. Hugging Face's ``feature_attention_mask`` marks every 160th sample of the clip, so a
+clip of ``n`` samples has ``ceil(n / 160)`` valid frames (at most 3000): :func:`batch_features`
+returns exactly that, from which Qwen2-Audio derives its number of audio tokens.
+
+Clips longer than 30 s are truncated to 30 s, as Hugging Face does (the encoder's maximum); each
+batch logs how many it truncated. Callers wanting all of a long recording split it into windows of
+at most :data:`MAX_SAMPLES` before batching. Waveforms must already be at 16 kHz
+(:func:`perax.audio.load_audio` resamples).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.fft
+import scipy.sparse
+
+SAMPLE_RATE = 16000
+N_FFT = 400
+HOP_LENGTH = 160
+N_MELS = 128
+MAX_SECONDS = 30
+MAX_SAMPLES = MAX_SECONDS * SAMPLE_RATE  # 480000, Hugging Face's n_samples
+BUCKET_SECONDS = (2, 4, 8, 16, 30)
+MEL_FLOOR = 1e-10
+DYNAMIC_RANGE = 8.0  # in log10 units, i.e. 80 dB
+GUARD_FRAMES = 2  # frames past a bucket that can still overlap its clip: ceil((N_FFT / 2) / HOP)
+
+log = logging.getLogger(__name__)
+
+
+def hz_to_slaney_mel(hz: np.ndarray) -> np.ndarray:
+  """Slaney's mel scale: linear (3 mels per 200 Hz) below 1 kHz, logarithmic above."""
+  hz = np.asarray(hz, dtype=np.float64)
+  linear = 3.0 * hz / 200.0
+  log_part = 15.0 + np.log(np.maximum(hz, 1e-12) / 1000.0) / (np.log(6.4) / 27.0)
+  return np.where(hz >= 1000.0, log_part, linear)
+
+
+def slaney_mel_to_hz(mel: np.ndarray) -> np.ndarray:
+  """Inverse of :func:`hz_to_slaney_mel`."""
+  mel = np.asarray(mel, dtype=np.float64)
+  linear = 200.0 * mel / 3.0
+  log_part = 1000.0 * np.exp(np.log(6.4) / 27.0 * (mel - 15.0))
+  return np.where(mel >= 15.0, log_part, linear)
+
+
+@functools.cache
+def mel_filters(n_mels: int = N_MELS, n_fft: int = N_FFT, sr: int = SAMPLE_RATE) -> np.ndarray:
+  """Triangular Slaney-scale mel filters over 0..sr/2 with Slaney (area) normalisation.
+
+  Args:
+    n_mels: number of filters.
+    n_fft: FFT size; the filters cover its ``n_fft // 2 + 1`` frequency bins.
+    sr: sample rate in Hz.
+
+  Returns:
+    float32 [n_fft // 2 + 1, n_mels], read-only (cached).
+  """
+  bin_hz = np.linspace(0.0, sr / 2, n_fft // 2 + 1)
+  edges_hz = slaney_mel_to_hz(np.linspace(hz_to_slaney_mel(0.0), hz_to_slaney_mel(sr / 2),
+                                          n_mels + 2))
+  lower, centre, upper = edges_hz[:-2], edges_hz[1:-1], edges_hz[2:]
+  rising = (bin_hz[:, None] - lower) / (centre - lower)
+  falling = (upper - bin_hz[:, None]) / (upper - centre)
+  filters = np.maximum(0.0, np.minimum(rising, falling)) * (2.0 / (upper - lower))
+  filters = filters.astype(np.float32)
+  filters.flags.writeable = False
+  return filters
+
+
+@functools.cache
+def _sparse_mel_filters() -> scipy.sparse.csr_array:
+  """:func:`mel_filters` as a sparse [n_fft // 2 + 1, 128] matrix (about 2 nonzeros per bin).
+
+  The numpy path projects with it: dense BLAS on this small product is slower, and much slower
+  where BLAS threads compete for a few busy cores (data-loader workers).
+  """
+  return scipy.sparse.csr_array(mel_filters())
+
+
+@functools.cache
+def hann_window(n_fft: int = N_FFT) -> np.ndarray:
+  """Periodic Hann window, float32 [n_fft] (as torch.hann_window and Hugging Face use)."""
+  window = (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)
+  window.flags.writeable = False
+  return window
+
+
+def _framing(num_samples: int) -> tuple[int, bool, int]:
+  """How a bucket of ``num_samples`` is framed (module docstring, facts 1 and 3).
+
+  Returns:
+    right_padding: samples appended on the right before framing;
+    reflect: whether they reflect the clip (the 30 s bucket) or are zeros;
+    peak_frames: the frames the dynamic-range maximum is taken over (the bucket's frames, plus the
+      guard frames for buckets shorter than 30 s).
+  """
+  num_frames = num_samples // HOP_LENGTH
+  if num_samples >= MAX_SAMPLES:
+    return N_FFT // 2, True, num_frames
+  return N_FFT // 2 + GUARD_FRAMES * HOP_LENGTH, False, num_frames + GUARD_FRAMES
+
+
+def _check_bucket(num_samples: int) -> None:
+  if num_samples % HOP_LENGTH or not N_FFT // 2 < num_samples <= MAX_SAMPLES:
+    raise ValueError(f'padded length {num_samples} must be a multiple of {HOP_LENGTH} in '
+                     f'({N_FFT // 2}, {MAX_SAMPLES}]')
+
+
+def _log_mel(waveforms, xp, rfft, project):
+  """The features of a zero-padded batch [B, S], with ``xp`` numpy or jax.numpy.
+
+  ``rfft`` is a real FFT over the last axis; ``project`` maps power spectra [B * frames, 201] to
+  mel energies [B * frames, 128].
+  """
+  num_samples = waveforms.shape[1]
+  _check_bucket(num_samples)
+  right, reflect, peak_frames = _framing(num_samples)
+  right_pad = (waveforms[:, -2:-right - 2:-1] if reflect
+               else xp.zeros((waveforms.shape[0], right), xp.float32))
+  padded = xp.concatenate([waveforms[:, N_FFT // 2:0:-1], waveforms, right_pad], axis=1)
+  index = HOP_LENGTH * np.arange(peak_frames)[:, None] + np.arange(N_FFT)[None, :]
+  spectrum = rfft(padded[:, index] * hann_window())  # [B, frames, 201]
+  power = spectrum.real ** 2 + spectrum.imag ** 2
+  mel = project(power.reshape(-1, power.shape[-1])).reshape(*power.shape[:2], N_MELS)
+  log_mel = xp.log10(xp.maximum(mel, MEL_FLOOR))  # [B, frames, 128]
+  peak = log_mel.max(axis=(1, 2), keepdims=True)
+  kept = log_mel[:, :num_samples // HOP_LENGTH].transpose(0, 2, 1)
+  return (xp.maximum(kept, peak - DYNAMIC_RANGE) + 4.0) / 4.0
+
+
+def log_mel_batch(waveforms: np.ndarray) -> np.ndarray:
+  """Log-mel features of zero-padded 16 kHz clips, in numpy (float32).
+
+  Args:
+    waveforms: float [B, S], each row a clip followed by zeros; S a multiple of 160, at most
+      480000 (a bucket).
+
+  Returns:
+    float32 [B, 128, S // 160]: row b equals Hugging Face's features of ``waveforms[b]`` on their
+    first S // 160 frames (see the module docstring).
+  """
+  features = _log_mel(np.asarray(waveforms, dtype=np.float32), np,
+                      lambda frames: scipy.fft.rfft(frames, axis=-1, overwrite_x=True),
+                      lambda power: power @ _sparse_mel_filters())
+  return np.ascontiguousarray(features, dtype=np.float32)
+
+
+def log_mel_batch_jax(waveforms: jax.Array) -> jax.Array:
+  """:func:`log_mel_batch` in JAX, for use inside ``jit`` on accelerators.
+
+  The mel projection runs at full float32 precision (accelerators default to reduced precision).
+
+  Args:
+    waveforms: float [B, S] as in :func:`log_mel_batch`; S is static.
+
+  Returns:
+    float32 [B, 128, S // 160], equal to :func:`log_mel_batch` within float32 rounding.
+  """
+  return _log_mel(jnp.asarray(waveforms, jnp.float32), jnp,
+                  lambda frames: jnp.fft.rfft(frames, axis=-1),
+                  lambda power: jnp.matmul(power, mel_filters(),
+                                           precision=jax.lax.Precision.HIGHEST))
+
+
+def log_mel_spectrogram(audio: np.ndarray, n_frames: Optional[int] = None) -> np.ndarray:
+  """Log-mel features of one 16 kHz clip, zero-padded or truncated to ``n_frames`` frames.
+
+  Args:
+    audio: float [T] at 16 kHz.
+    n_frames: number of frames (100 per second); None gives Hugging Face's 3000 (30 s).
+
+  Returns:
+    float32 [128, n_frames]: Hugging Face's features of ``audio[:160 * n_frames]``, first
+    ``n_frames`` frames.
+  """
+  num_samples = HOP_LENGTH * (MAX_SAMPLES // HOP_LENGTH if n_frames is None else n_frames)
+  clip = np.asarray(audio, dtype=np.float32)[:num_samples]
+  padded = np.zeros((1, num_samples), np.float32)
+  padded[0, :clip.size] = clip
+  return log_mel_batch(padded)[0]
+
+
+def bucket_for(num_samples: int) -> int:
+  """The smallest of :data:`BUCKET_SECONDS` holding ``num_samples`` 16 kHz samples (30 if none)."""
+  for seconds in BUCKET_SECONDS:
+    if num_samples <= seconds * SAMPLE_RATE:
+      return seconds
+  return BUCKET_SECONDS[-1]
+
+
+def valid_frames(num_samples: np.ndarray | int) -> np.ndarray:
+  """Hugging Face's ``feature_attention_mask.sum(-1)``: ceil(n / 160), at most 3000. int32."""
+  clipped = np.minimum(np.asarray(num_samples, dtype=np.int64), MAX_SAMPLES)
+  return (-(-clipped // HOP_LENGTH)).astype(np.int32)
+
+
+def batch_features(waveforms: Sequence[np.ndarray],
+                   bucket_seconds: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+  """Pads a batch of 16 kHz clips to one bucket and computes their log-mel features.
+
+  Args:
+    waveforms: B float [T_b] clips at 16 kHz.
+    bucket_seconds: padded duration; None picks :func:`bucket_for` of the longest clip. Clips
+      longer than the bucket (or than 30 s) are truncated, and the count is logged.
+
+  Returns:
+    features: float32 [B, 128, 100 * bucket], Hugging Face's features on these frames.
+    feature_lengths: int32 [B], the valid frames of each (truncated) clip, :func:`valid_frames`.
+  """
+  lengths = np.array([len(waveform) for waveform in waveforms], dtype=np.int64)
+  if not lengths.size:
+    raise ValueError('batch_features needs at least one waveform')
+  seconds = bucket_for(int(lengths.max())) if bucket_seconds is None else bucket_seconds
+  num_samples = seconds * SAMPLE_RATE
+  truncated = int((lengths > num_samples).sum())
+  if truncated:
+    log.warning('truncated %d of %d clips to the %d s bucket (longest %.1f s)', truncated,
+                lengths.size, seconds, lengths.max() / SAMPLE_RATE)
+  padded = np.zeros((lengths.size, num_samples), np.float32)
+  for row, waveform in enumerate(waveforms):
+    clip = np.asarray(waveform, dtype=np.float32)[:num_samples]
+    padded[row, :clip.size] = clip
+  return log_mel_batch(padded), valid_frames(np.minimum(lengths, num_samples))
