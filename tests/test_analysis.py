@@ -1,0 +1,332 @@
+"""The statistical analysis: bootstrap, Wilcoxon, alignment, sparse-vs-dense, and a CREMA-D run."""
+
+import csv
+import json
+import pathlib
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import scipy.spatial.distance
+import scipy.stats
+
+from perax import analysis
+from perax import distributions
+from perax import labels as labels_lib
+from perax import metrics
+from perax import sparse_dense
+from perax import tables
+from perax.errors import InputError
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+LABELS = labels_lib.get_label_set('iemocap4')
+C = len(LABELS)
+
+
+def _true_distributions(n: int, rng: np.random.Generator) -> np.ndarray:
+  """[n, C] distributions around a dominant label, from peaked to flat (all ambiguity levels)."""
+  dominant = rng.integers(C, size=n)
+  peak = rng.choice([0.5, 3.0, 12.0], size=n)
+  alpha = 0.6 + peak[:, None] * np.eye(C)[dominant]
+  return np.stack([rng.dirichlet(a) for a in alpha])
+
+
+def _votes(p: np.ndarray, votes_per_utt: int, rng: np.random.Generator, prefix: str,
+           source: str = tables.HUMAN, first_rater: int = 0) -> pa.Table:
+  """A votes table with ``votes_per_utt`` raters per utterance sampling labels from ``p``."""
+  n = len(p)
+  draws = (rng.random((n, votes_per_utt, 1)) > np.cumsum(p, -1)[:, None, :-1]).sum(-1)
+  return tables.votes_table({
+      'utt_id': np.repeat([f'utt{i:04d}' for i in range(n)], votes_per_utt),
+      'rater': np.tile([f'{prefix}{j + first_rater}' for j in range(votes_per_utt)], n),
+      'source': [source] * (n * votes_per_utt),
+      'label': np.asarray(LABELS.labels)[draws.ravel()],
+  })
+
+
+def _scores(p: np.ndarray) -> pa.Table:
+  columns = {'utt_id': [f'utt{i:04d}' for i in range(len(p))], 'prompt_id': ['p0'] * len(p)}
+  columns.update(zip(tables.label_columns(LABELS.labels), p.T))
+  return pa.table(columns)
+
+
+@pytest.fixture(scope='module')
+def planted():
+  """Reference and prediction [1, N, C] with many tied entropies (5-vote distributions)."""
+  rng = np.random.default_rng(1)
+  truth = _true_distributions(400, rng)
+  ref = np.stack([rng.multinomial(5, p) for p in truth]) / 5.0
+  pred = np.stack([rng.multinomial(5, p) for p in truth]) / 5.0
+  return ref[None], pred[None]
+
+
+@pytest.fixture(scope='module')
+def dense_corpus():
+  """300 utterances: 20 dense human votes each, and proxy scores equal to the true distributions."""
+  rng = np.random.default_rng(7)
+  truth = _true_distributions(300, rng)
+  return truth, _votes(truth, 20, rng, 'h'), _scores(truth)
+
+
+# ----------------------------------------------------------------------------------------------
+# Bootstrap.
+
+
+def test_weighted_metrics_with_unit_weights_equal_perax_metrics(planted):
+  ref, pred = planted
+  parts = analysis.ingredients(ref, pred, analysis.ALIGNMENT_METRICS)
+  mine = analysis.weighted_metrics(parts, np.ones((1, ref.shape[1])), analysis.ALIGNMENT_METRICS)
+  expected = metrics.distribution_metrics(ref[0], pred[0])
+  for name in analysis.ALIGNMENT_METRICS:
+    np.testing.assert_allclose(mine[name][0], expected[name], rtol=1e-9, err_msg=name)
+  entropy_ref = distributions.normalized_entropy(ref[0])
+  entropy_pred = distributions.normalized_entropy(pred[0])
+  np.testing.assert_allclose(mine['entropy_spearman'][0],
+                             scipy.stats.spearmanr(entropy_ref, entropy_pred).statistic, rtol=1e-9)
+
+
+def test_bootstrap_weights_equal_explicit_resampling(planted):
+  ref, pred = planted
+  n = ref.shape[1]
+  weights = analysis.bootstrap_weights(n, 4, np.random.default_rng(3))
+  indices = np.random.default_rng(3).integers(0, n, size=(4, n))
+  np.testing.assert_array_equal(weights.sum(1), n)
+  parts = analysis.ingredients(ref, pred, analysis.ALIGNMENT_METRICS)
+  samples = analysis.bootstrap_metrics(parts, weights, analysis.ALIGNMENT_METRICS)
+  for b in range(4):
+    direct = metrics.distribution_metrics(ref[0][indices[b]], pred[0][indices[b]])
+    for name in analysis.ALIGNMENT_METRICS:
+      np.testing.assert_allclose(samples[name][b], direct[name], rtol=1e-9, err_msg=name)
+
+
+def test_repeats_resample_with_their_utterance(planted):
+  ref, pred = planted
+  stacked_ref = np.concatenate([ref, pred, ref])
+  stacked_pred = np.concatenate([pred, ref, ref * 0.5 + pred * 0.5])
+  parts = analysis.ingredients(stacked_ref, stacked_pred, analysis.ALIGNMENT_METRICS)
+  mine = analysis.weighted_metrics(parts, np.ones((1, ref.shape[1])), analysis.ALIGNMENT_METRICS)
+  expected = analysis.point_metrics(stacked_ref, stacked_pred)
+  for name in analysis.ALIGNMENT_METRICS:
+    np.testing.assert_allclose(mine[name][0], expected[name], rtol=1e-9, err_msg=name)
+
+
+def _interval(n: int, seed: int) -> tuple[float, float, float]:
+  rng = np.random.default_rng(seed)
+  truth = _true_distributions(n, rng)
+  ref = np.stack([rng.multinomial(8, p) for p in truth])[None] / 8.0
+  rows, _ = analysis.score_condition(ref, truth[None], analysis.bootstrap_weights(n, 400, rng),
+                                     ('js_divergence', 'r2', 'entropy_spearman'), 0.95)
+  return {row['metric']: (row['value'], row['ci_low'], row['ci_high']) for row in rows}
+
+
+def test_interval_contains_the_estimate_and_shrinks_with_n():
+  small, large = _interval(100, 0), _interval(1600, 1)
+  for name in small:
+    for value, low, high in (small[name], large[name]):
+      assert low <= value <= high, name
+    width_small = small[name][2] - small[name][1]
+    width_large = large[name][2] - large[name][1]
+    # The width goes as 1 / sqrt(N): 16x the items, about a quarter of the width.
+    assert 0.15 < width_large / width_small < 0.4, (name, width_small, width_large)
+
+
+def test_bootstrap_is_deterministic_given_the_seed():
+  assert _interval(200, 5) == _interval(200, 5)
+  assert _interval(200, 5) != _interval(200, 6)
+
+
+# ----------------------------------------------------------------------------------------------
+# Wilcoxon.
+
+
+def test_wilcoxon_hand_case():
+  # Differences 1, -2, 3, 4, -5, 6: ranks of |d| are 1..6, W+ = 1+3+4+6 = 14, W- = 2+5 = 7.
+  # Exact two-sided p = 2 P(W <= 7) = 2 * 18 / 64: 18 of the 64 subsets of {1..6} sum to <= 7
+  # (by sum 0..7: 1, 1, 1, 2, 2, 3, 4, 4).
+  baseline = np.array([10.0, 20.0, 30.0, 40.0, 50.0, 60.0])
+  values = baseline + np.array([1.0, -2.0, 3.0, 4.0, -5.0, 6.0])
+  result = analysis.wilcoxon(values, baseline)
+  assert result['statistic'] == 7.0
+  assert result['p_value'] == pytest.approx(2 * 18 / 64)
+  scipy_result = scipy.stats.wilcoxon(values, baseline)
+  assert result['p_value'] == pytest.approx(scipy_result.pvalue)
+  assert result['median_difference'] == 2.0 and result['n'] == 6
+
+
+def test_wilcoxon_without_differences_is_p_one():
+  result = analysis.wilcoxon(np.ones(5), np.ones(5))
+  assert result['statistic'] == 0.0 and result['p_value'] == 1.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Sparse draws.
+
+
+def test_rater_units_keep_multi_label_raters_whole_and_report_outside_votes():
+  votes = tables.votes_table([
+      dict(utt_id='a', rater='r1', source='human', label='happy', weight=0.5),
+      dict(utt_id='a', rater='r1', source='human', label='sad', weight=0.5),
+      dict(utt_id='a', rater='r2', source='human', label='angry'),
+      dict(utt_id='a', rater='r3', source='human', label='fear'),
+      dict(utt_id='b', rater='r1', source='human', label='invalid'),
+      dict(utt_id='b', rater='r2', source='human', label='excited'),
+      dict(utt_id='z', rater='r1', source='human', label='happy'),
+  ])
+  units = sparse_dense.rater_votes(votes, LABELS, ['a', 'b'])
+  np.testing.assert_array_equal(units.raters_per_utt, [2, 1])
+  np.testing.assert_allclose(units.counts(), [[0, 0.5, 0.5, 1], [0, 1, 0, 0]])
+  assert units.outside == 2.0  # fear (outside iemocap4) and invalid; 'z' is not asked for
+
+
+def test_draws_are_nested_and_split_the_votes(dense_corpus):
+  truth, votes, _ = dense_corpus
+  ids = [f'utt{i:04d}' for i in range(len(truth))]
+  units = sparse_dense.rater_votes(votes, LABELS, ids)
+  previous = None
+  for draw in sparse_dense.draws(units, (1, 2, 5), 1, seed=0):
+    np.testing.assert_allclose(draw.sparse.sum(1), draw.k)
+    np.testing.assert_allclose(draw.sparse + draw.reference, units.counts())
+    if previous is not None:
+      assert (draw.sparse >= previous).all()
+    previous = draw.sparse
+  first = [d.sparse for d in sparse_dense.draws(units, (2,), 2, seed=0)]
+  again = [d.sparse for d in sparse_dense.draws(units, (2,), 2, seed=0)]
+  np.testing.assert_array_equal(first, again)
+  assert not np.array_equal(first[0], first[1])
+
+
+@pytest.fixture(scope='module')
+def sparse_study(dense_corpus):
+  truth, votes, scores = dense_corpus
+  evidence = analysis.gather_evidence(votes, scores, LABELS)
+  combination = analysis.fitted_combination(evidence, None, 1.0, 0.5, None)
+  return analysis.sparse_vs_dense(evidence, votes, LABELS, combination, (1, 2, 3, 4, 5), repeats=3,
+                                  resamples=50, confidence=0.95, seed=0, levels_from=None)
+
+
+def _value(rows, **where):
+  found = [r['value'] for r in rows if all(r[k] == v for k, v in where.items())]
+  assert len(found) == 1, where
+  return found[0]
+
+
+def test_sparse_error_falls_with_k_and_the_true_proxy_helps_most_at_small_k(sparse_study):
+  rows = sparse_study.rows
+  assert sparse_study.ks == (1, 2, 3, 4, 5) and sparse_study.n_items == 300
+  assert all(set(row) == set(analysis.SPARSE_COLUMNS) for row in rows)
+  for level in ('low', 'medium', 'high', 'all'):
+    human = [_value(rows, k=k, condition='human', level=level, metric='js_divergence')
+             for k in range(1, 6)]
+    assert all(a > b for a, b in zip(human, human[1:])), (level, human)
+  gains = {}
+  for condition in analysis.COMBINED:
+    gains[condition] = [
+        _value(rows, k=k, condition='human', level='all', metric='js_divergence')
+        - _value(rows, k=k, condition=condition, level='all', metric='js_divergence')
+        for k in range(1, 6)]
+    assert gains[condition][0] > 0, condition
+    assert gains[condition][0] > gains[condition][-1], (condition, gains[condition])
+  tests = [t for t in sparse_study.wilcoxon if t['k'] == 1 and t['level'] == 'all'
+           and t['metric'] == 'js_divergence' and t['condition'] == 'dirichlet']
+  assert tests[0]['p_value'] < 1e-6 and tests[0]['median_difference'] < 0
+
+
+def test_alignment_against_a_separate_reference(dense_corpus):
+  truth, _, scores = dense_corpus
+  rng = np.random.default_rng(11)
+  human = _votes(truth, 3, rng, 'sparse')
+  reference = _votes(truth, 30, rng, 'dense')
+  evidence = analysis.gather_evidence(human, scores, LABELS, reference)
+  levels = distributions.ambiguity_levels(
+      distributions.normalized_entropy(distributions.to_distribution(evidence.n_h)),
+      (0.3, 0.6))
+  combination = analysis.fitted_combination(evidence, None, 1.0, 0.5, None)
+  result = analysis.alignment(evidence, levels, combination, 100, 0.95, seed=0)
+  assert {r['condition'] for r in result.rows} == {'human', 'proxy', 'pooled', 'mixture',
+                                                   'dirichlet'}
+  human_js = _value(result.rows, condition='human', level='all', metric='js_divergence')
+  proxy_js = _value(result.rows, condition='proxy', level='all', metric='js_divergence')
+  assert proxy_js < human_js
+  np.testing.assert_allclose(
+      proxy_js, metrics.js_divergence(distributions.to_distribution(evidence.n_ref), truth).mean())
+  assert {t['condition'] for t in result.wilcoxon} == {'proxy', 'pooled', 'mixture', 'dirichlet'}
+
+
+def test_launcher_writes_tables_plots_and_report(dense_corpus, tmp_path):
+  truth, _, scores = dense_corpus
+  rng = np.random.default_rng(12)
+  paths = {'human': tmp_path / 'votes.parquet', 'proxy': tmp_path / 'scores.parquet',
+           'reference': tmp_path / 'reference.parquet', 'utterances': tmp_path / 'utts.parquet'}
+  tables.write_table(_votes(truth, 4, rng, 'h'), paths['human'])
+  tables.write_table(scores, paths['proxy'])
+  tables.write_table(_votes(truth, 30, rng, 'd'), paths['reference'])
+  ids = [f'utt{i:04d}' for i in range(len(truth))]
+  tables.write_table(tables.utterances_table({
+      'utt_id': ids, 'split': ['train', 'train', 'test'] * (len(ids) // 3)}), paths['utterances'])
+  out = tmp_path / 'out'
+  result = subprocess.run(
+      [sys.executable, str(REPO / 'launch' / 'analyze.py'), '--label_set=iemocap4',
+       *(f'--{name}={path}' for name, path in paths.items()), '--sparse_k=1,2,3', '--repeats=2',
+       '--bootstrap=50', f'--out_dir={out}'], capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  for name in ('alignment', 'sparse_dense', 'wilcoxon', 'levels'):
+    for ext in ('csv', 'md', 'json'):
+      assert (out / f'{name}.{ext}').stat().st_size > 0
+  for name in ('ambiguity_histogram', 'alignment_by_level', 'examples', 'majority_confusion',
+               'sparse_dense_js_divergence', 'sparse_dense_kl'):
+    assert (out / f'{name}.png').read_bytes().startswith(b'\x89PNG')
+  summary = json.loads((out / 'summary.json').read_text())
+  assert summary['edges_from'] == 'tertiles of split train (200 utterances)'
+  assert summary['sparse_dense']['reference'] == 'separate'
+  html = (out / 'report.html').read_text()
+  assert html.count('<img src="data:image/png;base64,') == 6
+
+
+def test_bad_scores_name_the_file(dense_corpus, tmp_path):
+  truth, votes, scores = dense_corpus
+  broken = scores.drop_columns(['p_sad'])
+  inputs = analysis.Inputs(votes, broken, proxy_path='/data/scores.parquet')
+  with pytest.raises(InputError, match='/data/scores.parquet.*p_sad'):
+    analysis.analyze(inputs, analysis.Settings('iemocap4', bootstrap=10), str(tmp_path))
+
+
+# ----------------------------------------------------------------------------------------------
+# Real CREMA-D votes.
+
+
+def _crema_counts(path: pathlib.Path, digit: str, clips: set) -> dict:
+  """clip -> counts in crema_d label-set order (angry disgust fear happy neutral sad), via csv."""
+  with open(path / 'tabulatedVotes.csv', newline='') as f:
+    return {row['fileName']: np.array([float(row[c]) for c in 'ADFHNS'])
+            for row in csv.DictReader(f) if row[''].startswith(digit) and row['fileName'] in clips}
+
+
+def test_crema_d_subsample_runs_fast_and_writes_alignment_csv(crema_d_dir, tmp_path):
+  inputs = analysis.subsample(analysis.crema_d_inputs(str(crema_d_dir)), 600, seed=0)
+  started = time.perf_counter()
+  outputs = analysis.analyze(inputs, analysis.Settings('crema_d', repeats=2, bootstrap=200),
+                             str(tmp_path))
+  elapsed = time.perf_counter() - started
+  assert elapsed < 60, elapsed  # a few seconds on an idle 2-core machine
+  with open(outputs.tables['alignment']['csv'], newline='') as f:
+    reader = csv.DictReader(f)
+    assert reader.fieldnames == ['condition', 'level', 'metric', 'value', 'ci_low', 'ci_high', 'n']
+    rows = list(reader)
+  with open(outputs.tables['sparse_dense']['csv'], newline='') as f:
+    assert csv.DictReader(f).fieldnames == ['k', 'condition', 'level', 'metric', 'value', 'ci_low',
+                                            'ci_high', 'n']
+  by_key = {(r['condition'], r['level'], r['metric']): r for r in rows}
+  overall = by_key[('proxy', 'all', 'js_divergence')]
+  assert int(overall['n']) == 600
+  assert sum(int(by_key[('proxy', level, 'js_divergence')]['n'])
+             for level in ('low', 'medium', 'high')) == 600
+  clips = set(tables.column(inputs.human, 'utt_id'))
+  voice = _crema_counts(crema_d_dir, '1', clips)
+  face = _crema_counts(crema_d_dir, '2', clips)
+  js = [scipy.spatial.distance.jensenshannon(voice[c] / voice[c].sum(), face[c] / face[c].sum(),
+                                             base=2) ** 2 for c in sorted(clips)]
+  assert float(overall['value']) == pytest.approx(np.mean(js), rel=1e-9)
+  assert float(overall['ci_low']) < float(overall['value']) < float(overall['ci_high'])
