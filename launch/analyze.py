@@ -17,6 +17,7 @@ import sys
 from absl import app
 from absl import flags
 
+from perax import cli
 from perax import analysis
 from perax import sparse_dense
 from perax import tables
@@ -97,4 +98,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

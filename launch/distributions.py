@@ -11,6 +11,7 @@ votes) and prints a summary. The work is perax.distributions.build_distributions
 from absl import app
 from absl import flags
 
+from perax import cli
 from perax import distributions
 from perax import tables
 
@@ -65,4 +66,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -10,6 +10,7 @@
 from absl import app
 from absl import flags
 
+from perax import cli
 from perax import corpora
 
 _CORPUS = flags.DEFINE_enum('corpus', None, corpora.CORPORA, 'Which corpus to load.', required=True)
@@ -58,4 +59,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)
