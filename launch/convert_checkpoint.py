@@ -1,0 +1,30 @@
+"""Converts a Hugging Face Qwen2-Audio checkpoint into a perax (Orbax) checkpoint directory.
+
+  python launch/convert_checkpoint.py --hf_dir=/ckpt/Qwen2-Audio-7B-Instruct \
+      --out_dir=/ckpt/qwen2-audio-perax --dtype=bfloat16
+
+See perax.models.convert for what is read, checked and written.
+"""
+
+from absl import app
+from absl import flags
+
+from perax.models import convert
+
+_HF_DIR = flags.DEFINE_string('hf_dir', None, 'HF checkpoint directory (config.json, safetensors, '
+                              'tokenizer and processor files).', required=True)
+_OUT_DIR = flags.DEFINE_string('out_dir', None, 'Directory to create for the converted checkpoint.',
+                               required=True)
+_DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
+                           'Stored parameter dtype; each tensor is cast as it is read.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  out = convert.convert_checkpoint(_HF_DIR.value, _OUT_DIR.value, dtype=_DTYPE.value)
+  print(f'wrote {out}')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,427 @@
+"""Hugging Face Qwen2-Audio checkpoints -> perax parameters, tensor by tensor.
+
+Weights are read with ``safetensors.safe_open(framework='numpy')`` from ``model.safetensors`` or the
+shards listed in ``model.safetensors.index.json``: no torch, no pickles, no remote code. Each tensor
+is read, checked against the expected shape (before reading its data), transformed and cast to the
+target dtype in one step, so host memory stays near the size of the output.
+
+Names go through one table, :data:`RULES`: an HF name pattern, the perax parameter path (a path in
+``nnx.state(Qwen2AudioForConditionalGeneration)``, dot-joined) and a transform hook (Linear weights
+``[out, in]`` are transposed and reshaped to ``[in..., out...]``, Conv1d ``[out, in, width]``
+becomes ``[width, in, out]``). Checkpoints name tensors in one of two layouts; the older one (the
+released Qwen2-Audio checkpoints, and what transformers 5 ``save_pretrained`` writes) is first
+rewritten to the newer one (transformers 5's module tree) by :data:`LEGACY_PREFIXES`.
+
+The converted directory (:func:`convert_checkpoint`) holds:
+
+- ``state/``: an Orbax checkpoint of a nested dict of arrays keyed by perax parameter path;
+- ``config.json``: the HF config, with ``tie_word_embeddings`` set to what the weights say;
+- the tokenizer and processor files copied from the HF directory (:data:`PROCESSOR_FILES`);
+- ``perax.json``: format and perax versions, parameter dtype, source directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import json
+import math
+import os
+import pathlib
+import re
+import shutil
+import tempfile
+from typing import Any, Callable, Iterator, Mapping, Optional
+
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+from safetensors import safe_open
+
+from perax.errors import InputError
+from perax.models.config import Qwen2AudioConfig
+from perax.models.qwen2_audio import Qwen2AudioForConditionalGeneration
+from perax.progress import Progress
+
+FORMAT = 'perax-qwen2-audio'
+FORMAT_VERSION = 1
+STATE_DIR = 'state'
+PERAX_JSON = 'perax.json'
+SINGLE_FILE = 'model.safetensors'
+INDEX_FILE = 'model.safetensors.index.json'
+# Tokenizer, processor and generation files copied next to the converted weights, where present.
+PROCESSOR_FILES = ('tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json',
+                   'added_tokens.json', 'vocab.json', 'merges.txt', 'preprocessor_config.json',
+                   'processor_config.json', 'generation_config.json', 'chat_template.json',
+                   'chat_template.jinja')
+
+# Older checkpoint names -> transformers 5 names, applied once to a name's prefix.
+LEGACY_PREFIXES = (
+    ('audio_tower.', 'model.audio_tower.'),
+    ('multi_modal_projector.', 'model.multi_modal_projector.'),
+    ('language_model.model.', 'model.language_model.'),
+    ('language_model.lm_head.', 'lm_head.'),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Transform:
+  """How one HF tensor becomes one perax parameter.
+
+  Attributes:
+    name: shown in errors.
+    hf_shape: perax parameter shape -> the HF tensor shape it needs.
+    apply: (HF array, perax shape, dtype) -> C-contiguous array of that shape and dtype.
+  """
+
+  name: str
+  hf_shape: Callable[[tuple[int, ...]], tuple[int, ...]]
+  apply: Callable[[np.ndarray, tuple[int, ...], Any], np.ndarray]
+
+
+def _linear(in_dims: int) -> Transform:
+  """Linear weight ``[out, in]`` -> kernel ``[*in_shape, *out_shape]`` whose first in_dims dims are
+  the input (e.g. o_proj ``[hidden, heads * head_dim]`` -> ``[heads, head_dim, hidden]``)."""
+  return Transform(
+      name=f'linear (transpose, {in_dims} input dims)',
+      hf_shape=lambda shape: (math.prod(shape[in_dims:]), math.prod(shape[:in_dims])),
+      apply=lambda array, shape, dtype: np.ascontiguousarray(array.T, dtype=dtype).reshape(shape))
+
+
+COPY = Transform('copy', lambda shape: shape,
+                 lambda array, shape, dtype: np.ascontiguousarray(array, dtype=dtype))
+FLAT = Transform(
+    'reshape flat vector', lambda shape: (math.prod(shape),),
+    lambda array, shape, dtype: np.ascontiguousarray(array, dtype=dtype).reshape(shape))
+LINEAR = _linear(1)
+LINEAR_FROM_HEADS = _linear(2)
+CONV1D = Transform('conv1d [out, in, width] -> [width, in, out]',
+                   lambda shape: (shape[2], shape[1], shape[0]),
+                   lambda array, shape, dtype: np.ascontiguousarray(array.transpose(2, 1, 0),
+                                                                    dtype=dtype))
+
+_AUDIO = 'model.audio_tower.'
+_AUDIO_LAYER = _AUDIO + 'layers.{i}.'
+_TEXT = 'model.language_model.'
+_TEXT_LAYER = _TEXT + 'layers.{i}.'
+# (HF name, perax path, transform). ``{x}`` matches digits, ``{x:a|b}`` one of the alternatives;
+# the perax path reuses the placeholders.
+RULES = (
+    (_AUDIO + 'conv{n:1|2}.weight', 'audio_tower.conv{n}.kernel', CONV1D),
+    (_AUDIO + 'conv{n:1|2}.bias', 'audio_tower.conv{n}.bias', COPY),
+    (_AUDIO + 'embed_positions.weight', 'audio_tower.embed_positions', COPY),
+    (_AUDIO_LAYER + 'self_attn.{p:q|k|v}_proj.weight',
+     'audio_tower.layers.{i}.self_attn.{p}_proj.kernel', LINEAR),
+    (_AUDIO_LAYER + 'self_attn.{p:q|v}_proj.bias', 'audio_tower.layers.{i}.self_attn.{p}_proj.bias',
+     FLAT),
+    (_AUDIO_LAYER + 'self_attn.out_proj.weight', 'audio_tower.layers.{i}.self_attn.out_proj.kernel',
+     LINEAR_FROM_HEADS),
+    (_AUDIO_LAYER + 'self_attn.out_proj.bias', 'audio_tower.layers.{i}.self_attn.out_proj.bias',
+     COPY),
+    (_AUDIO_LAYER + '{m:fc1|fc2}.weight', 'audio_tower.layers.{i}.{m}.kernel', LINEAR),
+    (_AUDIO_LAYER + '{m:fc1|fc2}.bias', 'audio_tower.layers.{i}.{m}.bias', COPY),
+    (_AUDIO_LAYER + '{m:self_attn_layer_norm|final_layer_norm}.weight',
+     'audio_tower.layers.{i}.{m}.scale', COPY),
+    (_AUDIO_LAYER + '{m:self_attn_layer_norm|final_layer_norm}.bias',
+     'audio_tower.layers.{i}.{m}.bias', COPY),
+    (_AUDIO + 'layer_norm.weight', 'audio_tower.layer_norm.scale', COPY),
+    (_AUDIO + 'layer_norm.bias', 'audio_tower.layer_norm.bias', COPY),
+    ('model.multi_modal_projector.linear.weight', 'multi_modal_projector.linear.kernel', LINEAR),
+    ('model.multi_modal_projector.linear.bias', 'multi_modal_projector.linear.bias', COPY),
+    (_TEXT + 'embed_tokens.weight', 'language_model.embed_tokens.embedding', COPY),
+    (_TEXT_LAYER + 'self_attn.{p:q|k|v}_proj.weight',
+     'language_model.layers.{i}.self_attn.{p}_proj.kernel', LINEAR),
+    (_TEXT_LAYER + 'self_attn.{p:q|k|v}_proj.bias',
+     'language_model.layers.{i}.self_attn.{p}_proj.bias', FLAT),
+    (_TEXT_LAYER + 'self_attn.o_proj.weight', 'language_model.layers.{i}.self_attn.o_proj.kernel',
+     LINEAR_FROM_HEADS),
+    (_TEXT_LAYER + 'mlp.{p:gate|up|down}_proj.weight',
+     'language_model.layers.{i}.mlp.{p}_proj.kernel', LINEAR),
+    (_TEXT_LAYER + '{m:input_layernorm|post_attention_layernorm}.weight',
+     'language_model.layers.{i}.{m}.scale', COPY),
+    (_TEXT + 'norm.weight', 'language_model.norm.scale', COPY),
+    ('lm_head.weight', 'lm_head.kernel', LINEAR),
+)
+EMBED_TOKENS = _TEXT + 'embed_tokens.weight'
+LM_HEAD = 'lm_head.weight'
+
+_PLACEHOLDER = re.compile(r'\{(\w+)(?::([^}]*))?\}')
+
+
+def _compile(template: str, alternatives: Mapping[str, str]) -> re.Pattern:
+  """A template with ``{x}`` / ``{x:a|b}`` placeholders -> an anchored regex with named groups."""
+  parts, end = [], 0
+  for match in _PLACEHOLDER.finditer(template):
+    parts.append(re.escape(template[end:match.start()]))
+    name = match.group(1)
+    parts.append(f'(?P<{name}>{alternatives.get(name) or match.group(2) or r"[0-9]+"})')
+    end = match.end()
+  parts.append(re.escape(template[end:]))
+  return re.compile(''.join(parts) + r'\Z')
+
+
+@dataclasses.dataclass(frozen=True)
+class _Rule:
+  hf: re.Pattern
+  perax: re.Pattern
+  hf_template: str
+  perax_template: str
+  transform: Transform
+
+
+def _build_rules() -> tuple[_Rule, ...]:
+  rules = []
+  for hf_template, perax_template, transform in RULES:
+    alternatives = {m.group(1): m.group(2) for m in _PLACEHOLDER.finditer(hf_template)}
+    rules.append(_Rule(
+        hf=_compile(hf_template, alternatives), perax=_compile(perax_template, alternatives),
+        hf_template=_PLACEHOLDER.sub(r'{\1}', hf_template), perax_template=perax_template,
+        transform=transform))
+  return tuple(rules)
+
+
+_RULES = _build_rules()
+
+
+def canonical_name(hf_name: str) -> str:
+  """An HF tensor name in transformers 5's layout (older layouts rewritten by LEGACY_PREFIXES)."""
+  for old, new in LEGACY_PREFIXES:
+    if hf_name.startswith(old):
+      return new + hf_name[len(old):]
+  return hf_name
+
+
+def perax_path(hf_name: str) -> Optional[tuple[str, Transform]]:
+  """(perax parameter path, transform) for an HF tensor name, or None if no rule matches."""
+  name = canonical_name(hf_name)
+  for rule in _RULES:
+    match = rule.hf.match(name)
+    if match:
+      return rule.perax_template.format(**match.groupdict()), rule.transform
+  return None
+
+
+def _rule_producing(path: str) -> tuple[_Rule, re.Match]:
+  for rule in _RULES:
+    match = rule.perax.match(path)
+    if match:
+      return rule, match
+  raise KeyError(f'no conversion rule produces perax parameter {path!r}')
+
+
+def hf_name(path: str) -> str:
+  """The (transformers 5) HF tensor name that maps to a perax parameter path."""
+  rule, match = _rule_producing(path)
+  return rule.hf_template.format(**match.groupdict())
+
+
+def read_hf_config(hf_dir: os.PathLike | str) -> tuple[dict, Qwen2AudioConfig]:
+  """The raw ``config.json`` dict and the parsed config of an HF checkpoint directory."""
+  path = pathlib.Path(hf_dir) / 'config.json'
+  if not path.is_file():
+    raise InputError('config.json not found', path=path)
+  try:
+    raw = json.loads(path.read_text())
+  except json.JSONDecodeError as error:
+    raise InputError(f'invalid JSON: {error.msg}', path=path, line=error.lineno) from error
+  return raw, Qwen2AudioConfig.from_hf_dict(raw, path=path)
+
+
+def tensor_files(hf_dir: os.PathLike | str) -> dict[str, pathlib.Path]:
+  """HF tensor name -> the safetensors file holding it (single file or sharded with an index)."""
+  directory = pathlib.Path(hf_dir)
+  index_path = directory / INDEX_FILE
+  if index_path.is_file():
+    try:
+      weight_map = json.loads(index_path.read_text())['weight_map']
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+      raise InputError(f'not a safetensors index with a weight_map ({error})',
+                       path=index_path) from error
+    files = {name: directory / filename for name, filename in weight_map.items()}
+    for name, path in files.items():
+      if not path.is_file():
+        raise InputError(f'shard {path.name} listed for tensor {name!r} does not exist',
+                         path=index_path, item=name)
+    return files
+  single = directory / SINGLE_FILE
+  if not single.is_file():
+    raise InputError(f'neither {SINGLE_FILE} nor {INDEX_FILE} found', path=directory)
+  with safe_open(str(single), framework='numpy') as reader:
+    return {name: single for name in reader.keys()}
+
+
+def _decide_tying(config: Qwen2AudioConfig, files: Mapping[str, pathlib.Path]) -> bool:
+  """Whether lm_head shares embed_tokens: the config asks for it and the checkpoint either has no
+  lm_head or one identical to embed_tokens (HF keeps a separate lm_head for Qwen2-Audio, so a
+  present, different lm_head always wins)."""
+  if not config.tie_word_embeddings:
+    return False
+  by_canonical = {canonical_name(name): name for name in files}
+  if LM_HEAD not in by_canonical:
+    return True
+  if EMBED_TOKENS not in by_canonical:
+    return False
+  arrays = []
+  for canonical in (LM_HEAD, EMBED_TOKENS):
+    name = by_canonical[canonical]
+    with safe_open(str(files[name]), framework='numpy') as reader:
+      arrays.append(reader.get_tensor(name))
+  return arrays[0].shape == arrays[1].shape and np.array_equal(arrays[0], arrays[1])
+
+
+def abstract_model(config: Qwen2AudioConfig, dtype=jnp.float32,
+                   param_dtype=None) -> Qwen2AudioForConditionalGeneration:
+  """The model with ShapeDtypeStruct leaves (no memory, no random init)."""
+  return nnx.eval_shape(lambda: Qwen2AudioForConditionalGeneration(
+      config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0)))
+
+
+def read_hf_weights(hf_dir: os.PathLike | str, config: Qwen2AudioConfig, param_dtype,
+                    put: Callable[[str, np.ndarray], Any] = lambda path, array: array,
+                    progress: bool = False) -> tuple[Qwen2AudioConfig, dict[str, Any]]:
+  """Reads, checks and converts every tensor of an HF checkpoint.
+
+  Args:
+    hf_dir: the HF checkpoint directory.
+    config: its parsed config.
+    param_dtype: dtype every parameter is cast to as it is read.
+    put: called once per converted parameter (perax path, numpy array); its result is stored
+      (identity by default; e.g. ``jax.device_put`` to move each tensor to devices as it comes).
+    progress: print progress lines with rate and ETA.
+
+  Returns:
+    (config with tie_word_embeddings as the weights decide, {perax path: put(...)}).
+
+  Raises:
+    InputError: a tensor no rule maps (unexpected), one that maps twice, one whose shape differs
+      from what the config implies (mis-shaped), or parameters no tensor provides (missing); each
+      names the tensor and the file.
+  """
+  files = tensor_files(hf_dir)
+  config = dataclasses.replace(config, tie_word_embeddings=_decide_tying(config, files))
+  abstract_state = nnx.state(abstract_model(config, param_dtype, param_dtype))
+  expected = {path: variable.shape for path, variable in flat_variables(abstract_state)}
+  values: dict[str, Any] = {}
+  source: dict[str, str] = {}
+  meter = Progress(total=len(files), unit='tensors', what='convert') if progress else None
+  for file, names in _group_by_file(files):
+    with safe_open(str(file), framework='numpy') as reader:
+      available = set(reader.keys())
+      for name in names:
+        if name not in available:
+          raise InputError(f'tensor {name!r} is listed in the index but absent from the file',
+                           path=file, item=name)
+        if meter:
+          meter.update()
+        if config.tie_word_embeddings and canonical_name(name) == LM_HEAD:
+          continue  # identical to embed_tokens (see _decide_tying), which the tied model reads
+        target = perax_path(name)
+        if target is None:
+          raise InputError(f'unexpected tensor {name!r}: no perax parameter corresponds to it',
+                           path=file, item=name)
+        path, transform = target
+        if path not in expected:
+          raise InputError(f'unexpected tensor {name!r}: the config has no parameter {path}',
+                           path=file, item=name)
+        if path in values:
+          raise InputError(f'tensor {name!r} duplicates {source[path]!r} (both map to {path})',
+                           path=file, item=name)
+        want = transform.hf_shape(expected[path])
+        got = tuple(reader.get_slice(name).get_shape())
+        if got != want:
+          raise InputError(f'tensor {name!r} has shape {list(got)}, expected {list(want)} '
+                           f'from config.json (perax {path} {list(expected[path])}, '
+                           f'{transform.name})', path=file, item=name)
+        values[path] = put(path, transform.apply(reader.get_tensor(name), expected[path],
+                                                 param_dtype))
+        source[path] = name
+  if meter:
+    meter.close()
+  missing = [path for path in expected if path not in values]
+  if missing:
+    shown = ', '.join(
+        f'{hf_name(path)} {list(_rule_producing(path)[0].transform.hf_shape(expected[path]))}'
+        for path in missing[:5])
+    more = f' and {len(missing) - 5} more' if len(missing) > 5 else ''
+    raise InputError(f'missing {len(missing)} tensors: {shown}{more}', path=hf_dir)
+  return config, values
+
+
+def flat_variables(state: nnx.State) -> Iterator[tuple[str, Any]]:
+  """(dot-joined perax path, variable) for every variable of an nnx state."""
+  for path, variable in nnx.to_flat_state(state):
+    yield '.'.join(str(part) for part in path), variable
+
+
+def _group_by_file(files: Mapping[str, pathlib.Path]) -> list[tuple[pathlib.Path, list[str]]]:
+  grouped: dict[pathlib.Path, list[str]] = {}
+  for name, file in files.items():
+    grouped.setdefault(file, []).append(name)
+  return sorted(grouped.items())
+
+
+def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+  """{'a.b.0.c': x} -> {'a': {'b': {'0': {'c': x}}}} (Orbax's tree of string keys)."""
+  tree: dict[str, Any] = {}
+  for path, value in flat.items():
+    node = tree
+    *parents, leaf = path.split('.')
+    for part in parents:
+      node = node.setdefault(part, {})
+    node[leaf] = value
+  return tree
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+  """Inverse of :func:`nest`."""
+  flat = {}
+  for key, value in tree.items():
+    path = f'{prefix}{key}'
+    if isinstance(value, Mapping):
+      flat.update(flatten(value, path + '.'))
+    else:
+      flat[path] = value
+  return flat
+
+
+def convert_checkpoint(hf_dir: os.PathLike | str, out_dir: os.PathLike | str,
+                       dtype: str = 'float32', progress: bool = True) -> pathlib.Path:
+  """Converts an HF Qwen2-Audio directory into a perax checkpoint directory.
+
+  Args:
+    hf_dir: HF checkpoint (config.json, safetensors, tokenizer and processor files).
+    out_dir: the directory to create; it must not exist yet (written to a temporary sibling
+      and renamed at the end, so a failed conversion leaves nothing behind).
+    dtype: stored parameter dtype, a jnp dtype name ('float32', 'bfloat16').
+    progress: print progress with rate and ETA.
+
+  Returns:
+    ``out_dir`` as a path.
+  """
+  hf_dir, out_dir = pathlib.Path(hf_dir), pathlib.Path(out_dir)
+  if out_dir.exists():
+    raise FileExistsError(f'{out_dir} already exists')
+  param_dtype = jnp.dtype(dtype)
+  raw_config, config = read_hf_config(hf_dir)
+  config, values = read_hf_weights(hf_dir, config, param_dtype, progress=progress)
+  out_dir.parent.mkdir(parents=True, exist_ok=True)
+  staging = pathlib.Path(tempfile.mkdtemp(prefix=f'.{out_dir.name}.', dir=out_dir.parent))
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      checkpointer.save(staging / STATE_DIR, nest(values))
+    raw_config['tie_word_embeddings'] = config.tie_word_embeddings
+    raw_config.setdefault('text_config', {})['tie_word_embeddings'] = config.tie_word_embeddings
+    (staging / 'config.json').write_text(json.dumps(raw_config, indent=2, sort_keys=True) + '\n')
+    for name in PROCESSOR_FILES:
+      if (hf_dir / name).is_file():
+        shutil.copy2(hf_dir / name, staging / name)
+    (staging / PERAX_JSON).write_text(json.dumps({
+        'format': FORMAT, 'format_version': FORMAT_VERSION, 'dtype': param_dtype.name,
+        'perax_version': importlib.metadata.version('perax'), 'source': str(hf_dir.resolve()),
+    }, indent=2) + '\n')
+    os.replace(staging, out_dir)
+  except BaseException:
+    shutil.rmtree(staging, ignore_errors=True)
+    raise
+  return out_dir

@@ -1,0 +1,157 @@
+"""The Qwen2 decoder (HF ``Qwen2Model``: embed_tokens, layers, norm), with an optional KV cache.
+
+Attention is causal over the tokens a row marks valid. Callers pass one boolean mask per forward
+pass, ``attend [B, L, S]`` (query ``l`` may read key ``s``), built by :func:`attention_mask_for`
+from the padding mask and, when decoding, the cache's slots (contract in perax.models.cache).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from perax.models.config import TextConfig
+from perax.models.layers import Embed, Linear, RMSNorm, apply_rope, dot_product_attention
+
+# One layer's cache entry: keys and values, each [B, max_len, KV, D].
+LayerCache = tuple[jax.Array, jax.Array]
+
+
+def attention_mask_for(attention_mask: jax.Array, cache_mask: Optional[jax.Array] = None,
+                       index: Optional[jax.Array] = None) -> jax.Array:
+  """Which keys each new token may attend.
+
+  Args:
+    attention_mask: ``[B, L]`` bool, True for the new tokens that are real (not padding).
+    cache_mask: ``[B, S]`` bool, the cache's valid slots after the new tokens were written; None
+      without a cache (keys are then the L new tokens).
+    index: int32 scalar, the slot of the first new token (with a cache).
+
+  Returns:
+    ``[B, L, S]`` bool (S = L without a cache): key is valid and its slot <= the query's slot.
+  """
+  length = attention_mask.shape[1]
+  if cache_mask is None:
+    causal = jnp.tril(jnp.ones((length, length), jnp.bool_))
+    return attention_mask[:, None, :] & causal[None]
+  query_slots = index + jnp.arange(length)
+  key_slots = jnp.arange(cache_mask.shape[1])
+  return cache_mask[:, None, :] & (key_slots[None, None, :] <= query_slots[None, :, None])
+
+
+class Qwen2Attention(nnx.Module):
+  """Grouped-query self-attention with RoPE; q/k/v with bias, o_proj without."""
+
+  def __init__(self, config: TextConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+    self.config = config
+    self.attention_implementation = 'einsum'
+    common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    heads, kv_heads, head_dim = (config.num_attention_heads, config.num_key_value_heads,
+                                 config.head_dim)
+    self.q_proj = Linear(config.hidden_size, (heads, head_dim), use_bias=True, in_axes=('embed',),
+                         out_axes=('heads', 'head_dim'), **common)
+    self.k_proj = Linear(config.hidden_size, (kv_heads, head_dim), use_bias=True,
+                         in_axes=('embed',), out_axes=('kv_heads', 'head_dim'), **common)
+    self.v_proj = Linear(config.hidden_size, (kv_heads, head_dim), use_bias=True,
+                         in_axes=('embed',), out_axes=('kv_heads', 'head_dim'), **common)
+    self.o_proj = Linear((heads, head_dim), config.hidden_size, use_bias=False,
+                         in_axes=('heads', 'head_dim'), out_axes=('embed',), **common)
+
+  def __call__(self, x: jax.Array, positions: jax.Array, attend: jax.Array,
+               cache: Optional[LayerCache], index: Optional[jax.Array]
+               ) -> tuple[jax.Array, Optional[LayerCache]]:
+    """``x [B, L, hidden]`` -> (``[B, L, hidden]``, updated layer cache or None).
+
+    With a cache, the new keys/values are written at slots ``[index, index + L)`` and attention
+    reads all ``S`` slots; without one it reads the ``L`` new tokens.
+    """
+    theta = self.config.rope_theta
+    query = apply_rope(self.q_proj(x), positions, theta)
+    key = apply_rope(self.k_proj(x), positions, theta)
+    value = self.v_proj(x)
+    if cache is not None:
+      cached_keys, cached_values = cache
+      start = (0, index, 0, 0)
+      cached_keys = jax.lax.dynamic_update_slice(cached_keys, key.astype(cached_keys.dtype), start)
+      cached_values = jax.lax.dynamic_update_slice(cached_values,
+                                                   value.astype(cached_values.dtype), start)
+      cache = (cached_keys, cached_values)
+      key, value = cached_keys.astype(x.dtype), cached_values.astype(x.dtype)
+    out = dot_product_attention(query, key, value, attend, scale=self.config.head_dim ** -0.5,
+                                implementation=self.attention_implementation)
+    return self.o_proj(out), cache
+
+
+class Qwen2MLP(nnx.Module):
+  """SwiGLU: ``down(silu(gate(x)) * up(x))``, no biases."""
+
+  def __init__(self, config: TextConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+    common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    up = dict(in_features=config.hidden_size, out_features=config.intermediate_size, use_bias=False,
+              in_axes=('embed',), out_axes=('mlp',), **common)
+    self.gate_proj = Linear(**up)
+    self.up_proj = Linear(**up)
+    self.down_proj = Linear(config.intermediate_size, config.hidden_size, use_bias=False,
+                            in_axes=('mlp',), out_axes=('embed',), **common)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Qwen2DecoderLayer(nnx.Module):
+  """Pre-norm decoder layer: RMSNorm, attention, residual; RMSNorm, SwiGLU MLP, residual."""
+
+  def __init__(self, config: TextConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+    norm = dict(eps=config.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
+    common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.input_layernorm = RMSNorm(config.hidden_size, **norm)
+    self.self_attn = Qwen2Attention(config, **common)
+    self.post_attention_layernorm = RMSNorm(config.hidden_size, **norm)
+    self.mlp = Qwen2MLP(config, **common)
+
+  def __call__(self, x, positions, attend, cache, index):
+    attn_out, cache = self.self_attn(self.input_layernorm(x), positions, attend, cache, index)
+    x = x + attn_out
+    return x + self.mlp(self.post_attention_layernorm(x)), cache
+
+
+class Qwen2Model(nnx.Module):
+  """Token embeddings, decoder layers and the final RMSNorm (no output projection)."""
+
+  def __init__(self, config: TextConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
+               rngs: nnx.Rngs):
+    common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.embed_tokens = Embed(config.vocab_size, config.hidden_size, **common)
+    self.layers = nnx.List([Qwen2DecoderLayer(config, **common)
+                            for _ in range(config.num_hidden_layers)])
+    self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, dtype=dtype,
+                        param_dtype=param_dtype)
+
+  def __call__(self, inputs_embeds: jax.Array, positions: jax.Array, attend: jax.Array,
+               cache: Optional[tuple[tuple[jax.Array, ...], tuple[jax.Array, ...]]] = None,
+               index: Optional[jax.Array] = None):
+    """Runs the decoder stack.
+
+    Args:
+      inputs_embeds: ``[B, L, hidden]`` in the compute dtype.
+      positions: ``[B, L]`` int RoPE positions.
+      attend: ``[B, L, S]`` bool from :func:`attention_mask_for`.
+      cache: (keys, values), one ``[B, S, KV, D]`` array per layer each, or None.
+      index: the slot of the first new token (with a cache).
+
+    Returns:
+      (final normed hidden states ``[B, L, hidden]``, updated (keys, values) or None).
+    """
+    x = inputs_embeds
+    new_keys, new_values = [], []
+    for number, layer in enumerate(self.layers):
+      layer_cache = None if cache is None else (cache[0][number], cache[1][number])
+      x, layer_cache = layer(x, positions, attend, layer_cache, index)
+      if layer_cache is not None:
+        new_keys.append(layer_cache[0])
+        new_values.append(layer_cache[1])
+    updated = None if cache is None else (tuple(new_keys), tuple(new_values))
+    return self.norm(x), updated
