@@ -51,6 +51,7 @@ import scipy.sparse
 SAMPLE_RATE = 16000
 N_FFT = 400
 HOP_LENGTH = 160
+FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100
 N_MELS = 128
 MAX_SECONDS = 30
 MAX_SAMPLES = MAX_SECONDS * SAMPLE_RATE  # 480000, Hugging Face's n_samples
@@ -216,11 +217,27 @@ def log_mel_spectrogram(audio: np.ndarray, n_frames: Optional[int] = None) -> np
 
 
 def bucket_for(num_samples: int) -> int:
-  """The smallest of :data:`BUCKET_SECONDS` holding ``num_samples`` 16 kHz samples (30 if none)."""
+  """The smallest of :data:`BUCKET_SECONDS` whose frames encode a clip exactly as 30 s padding does.
+
+  The audio encoder's convolutions read one or two feature frames past the clip's valid frames
+  (:func:`encoder_frames_needed`), and with 30 s padding those frames hold padding features, not the
+  convolution's zero padding. So a bucket must hold them too: a 2.00 s clip goes to the 4 s bucket.
+  Clips needing more than 30 s get 30 (and are truncated there).
+  """
+  needed = encoder_frames_needed(int(valid_frames(num_samples)))
   for seconds in BUCKET_SECONDS:
-    if num_samples <= seconds * SAMPLE_RATE:
+    if needed <= seconds * FRAMES_PER_SECOND:
       return seconds
   return BUCKET_SECONDS[-1]
+
+
+def encoder_frames_needed(feature_length: int, max_frames: int = 3000) -> int:
+  """The fewest padded feature frames for which the encoder sees what 30 s padding shows it.
+
+  ``L + 1`` for even ``L`` (the valid conv frames read feature frame ``L``), ``L + 2`` for odd ``L``
+  (they read frame ``L + 1``), at most ``max_frames``.
+  """
+  return min(feature_length + 1 + feature_length % 2, max_frames)
 
 
 def valid_frames(num_samples: np.ndarray | int) -> np.ndarray:

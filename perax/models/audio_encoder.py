@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from perax import features
 from perax.models.config import AUDIO_LAYER_NORM_EPS, AudioEncoderConfig
 from perax.models.layers import (Conv1d, FrozenWeight, LayerNorm, Linear, dot_product_attention,
                                  sinusoids)
@@ -34,12 +35,10 @@ def conv_output_lengths(feature_lengths: jax.Array) -> jax.Array:
 def exact_frames(feature_length: int, max_frames: int = 3000) -> int:
   """The fewest padded feature frames for which a clip's embeddings equal HF's 30 s ones exactly.
 
-  ``L + 1`` for even ``L`` (the valid conv frames read feature frame ``L``), ``L + 2`` for odd ``L``
-  (they read frame ``L + 1``), at most ``max_frames``. Feature buckets should be chosen with this
-  margin: a clip filling its bucket exactly (e.g. 2.00 s in the 2 s bucket) changes every token,
-  because every query attends the last valid conv frame.
+  A clip filling its bucket exactly (e.g. 2.00 s in the 2 s bucket) changes every token, because every
+  query attends the last valid conv frame; see :func:`perax.features.encoder_frames_needed`.
   """
-  return min(feature_length + 1 + feature_length % 2, max_frames)
+  return features.encoder_frames_needed(feature_length, max_frames)
 
 
 def audio_token_lengths(feature_lengths: jax.Array) -> jax.Array:
