@@ -224,20 +224,20 @@ def bucket_for(num_samples: int) -> int:
   convolution's zero padding. So a bucket must hold them too: a 2.00 s clip goes to the 4 s bucket.
   Clips needing more than 30 s get 30 (and are truncated there).
   """
-  needed = encoder_frames_needed(int(valid_frames(num_samples)))
+  needed = int(encoder_frames_needed(int(valid_frames(num_samples))))
   for seconds in BUCKET_SECONDS:
     if needed <= seconds * FRAMES_PER_SECOND:
       return seconds
   return BUCKET_SECONDS[-1]
 
 
-def encoder_frames_needed(feature_length: int, max_frames: int = 3000) -> int:
+def encoder_frames_needed(feature_length: np.ndarray | int, max_frames: int = 3000) -> np.ndarray | int:
   """The fewest padded feature frames for which the encoder sees what 30 s padding shows it.
 
   ``L + 1`` for even ``L`` (the valid conv frames read feature frame ``L``), ``L + 2`` for odd ``L``
   (they read frame ``L + 1``), at most ``max_frames``.
   """
-  return min(feature_length + 1 + feature_length % 2, max_frames)
+  return np.minimum(feature_length + 1 + feature_length % 2, max_frames)
 
 
 def valid_frames(num_samples: np.ndarray | int) -> np.ndarray:

@@ -38,7 +38,7 @@ def exact_frames(feature_length: int, max_frames: int = 3000) -> int:
   A clip filling its bucket exactly (e.g. 2.00 s in the 2 s bucket) changes every token, because every
   query attends the last valid conv frame; see :func:`perax.features.encoder_frames_needed`.
   """
-  return features.encoder_frames_needed(feature_length, max_frames)
+  return int(features.encoder_frames_needed(feature_length, max_frames))
 
 
 def audio_token_lengths(feature_lengths: jax.Array) -> jax.Array:
