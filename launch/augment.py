@@ -8,14 +8,13 @@ Writes <out_dir>/wav/*.wav (augmented examples, 16 kHz), utterances.parquet (ori
 with provenance columns), distributions.parquet (p_<label> targets) and plan.parquet (the plan).
 """
 
-import os
-
 from absl import app
 from absl import flags
 
 from perax import augmented_set
+from perax import cli
 from perax import dime_aug
-from perax.tables import concat, labels_from_columns, read_table, read_utterances, write_table
+from perax.tables import read_table, read_utterances
 
 _MANIFEST = flags.DEFINE_string('manifest', None, 'utterances.parquet of the corpus.',
                                 required=True)
@@ -43,25 +42,14 @@ _OUT_DIR = flags.DEFINE_string('out_dir', None, 'Output directory.', required=Tr
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  utterances = read_utterances(_MANIFEST.value)
-  distributions = read_table(_DISTRIBUTIONS.value)
-  labels = labels_from_columns(distributions.column_names)
-  edges = (tuple(float(e) for e in _EDGES.value) if _EDGES.value else
-           dime_aug.edges_from_split(utterances, distributions, labels, _EDGES_SPLIT.value))
-  config = dime_aug.MixConfig(variant=_VARIANT.value, mixup_alpha=_MIXUP_ALPHA.value)
-  options = dict(split=_SPLIT.value, balance=_BALANCE.value, size=_SIZE.value, seed=_SEED.value,
-                 config=config)
-  if _EVAL_SET.value:
-    plan = dime_aug.build_eval_set(utterances, distributions, labels, edges, **options)
-  else:
-    plan = concat([dime_aug.original_rows(utterances, distributions, labels, edges, _SPLIT.value),
-                   dime_aug.plan_augmentation(utterances, distributions, labels, edges, **options)])
-  print(dime_aug.plan_summary(plan, edges))
-  write_table(plan, os.path.join(_OUT_DIR.value, 'plan.parquet'))
-  paths = augmented_set.write_augmented_set(plan, utterances, distributions, labels, edges,
-                                            _OUT_DIR.value)
-  print('wrote', ', '.join(paths))
+  edges = tuple(float(e) for e in _EDGES.value) if _EDGES.value else None
+  paths = augmented_set.augment(
+      read_utterances(_MANIFEST.value), read_table(_DISTRIBUTIONS.value), _OUT_DIR.value,
+      split=_SPLIT.value, balance=_BALANCE.value, size=_SIZE.value, seed=_SEED.value,
+      config=dime_aug.MixConfig(variant=_VARIANT.value, mixup_alpha=_MIXUP_ALPHA.value),
+      edges=edges, edges_split=_EDGES_SPLIT.value, eval_set=_EVAL_SET.value)
+  print('wrote', ', '.join(paths.values()))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

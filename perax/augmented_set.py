@@ -22,12 +22,14 @@ import numpy as np
 import pyarrow as pa
 
 from perax import audio
+from perax import dime_aug
 from perax import distributions as dist
 from perax.audio_mix import AUGMENTED, SAMPLE_RATE, render
 from perax.dime_aug import target_matrix
 from perax.errors import InputError
 from perax.progress import Progress
-from perax.tables import column, label_columns, utterances_table, write_table
+from perax.tables import (column, concat, label_columns, labels_from_columns, utterances_table,
+                          write_table)
 
 PROVENANCE = ('origin', 'anchor_id', 'partner_id', 'weight', 'variant', 'gap_s')
 
@@ -120,3 +122,43 @@ def _distributions_table(plan: pa.Table, distributions: pa.Table, dist_row: dict
                  majority=np.asarray(labels, object)[dist.majority(p)])
   columns.update((name, column(plan, name)) for name in PROVENANCE)
   return pa.table(columns)
+
+
+def augment(utterances: pa.Table, distributions: pa.Table, out_dir: str, *, split: str = 'train',
+            balance: str = 'classes', size: Optional[int] = None, seed: int = 0,
+            config: Optional[dime_aug.MixConfig] = None, edges: Optional[tuple[float, float]] = None,
+            edges_split: str = 'train', eval_set: bool = False,
+            print_fn: Callable[[str], None] = print) -> dict[str, str]:
+  """Plans DiME-Aug for one split (or its balanced evaluation set) and writes it out.
+
+  Args:
+    utterances, distributions: the corpus's tables (``p_<label>`` columns give the labels).
+    out_dir: gets plan.parquet, wav/, utterances.parquet and distributions.parquet.
+    split: the split to balance (anchors and partners both come from it).
+    balance: 'classes' or 'cells'.
+    size: examples wanted in all, originals included; None brings every class (cell) up to the largest.
+    seed: seeds every random choice.
+    config: how pairs are drawn and mixed (default :class:`perax.dime_aug.MixConfig`).
+    edges: ambiguity edges (e1, e2); None takes the tertiles of ``edges_split``'s targets.
+    eval_set: build the balanced evaluation set of ``split`` (originals first, augmented fill the
+      deficits, no speaker leaks) instead of the balanced training set.
+    print_fn: receives the plan summary and progress lines.
+
+  Returns:
+    {'plan', 'utterances', 'distributions'}: the paths written.
+  """
+  labels = labels_from_columns(distributions.column_names)
+  if edges is None:
+    edges = dime_aug.edges_from_split(utterances, distributions, labels, edges_split)
+  options = dict(split=split, balance=balance, size=size, seed=seed,
+                 config=config or dime_aug.MixConfig())
+  if eval_set:
+    plan = dime_aug.build_eval_set(utterances, distributions, labels, edges, **options)
+  else:
+    plan = concat([dime_aug.original_rows(utterances, distributions, labels, edges, split),
+                   dime_aug.plan_augmentation(utterances, distributions, labels, edges, **options)])
+  print_fn(dime_aug.plan_summary(plan, edges))
+  plan_path = write_table(plan, os.path.join(out_dir, 'plan.parquet'))
+  utterances_path, distributions_path = write_augmented_set(plan, utterances, distributions, labels,
+                                                            edges, out_dir, print_fn)
+  return {'plan': plan_path, 'utterances': utterances_path, 'distributions': distributions_path}
