@@ -9,6 +9,7 @@ See perax.models.convert for what is read, checked and written.
 from absl import app
 from absl import flags
 
+from perax import cli
 from perax.models import convert
 
 _HF_DIR = flags.DEFINE_string('hf_dir', None, 'HF checkpoint directory (config.json, safetensors, '
@@ -27,4 +28,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -62,6 +62,9 @@ def load_model(path: os.PathLike | str, dtype: jnp.dtype = jnp.float32,
     InputError: not a checkpoint directory, or its weights do not match its config.
   """
   path = pathlib.Path(path)
+  # One spelling per dtype: jnp.float32 and np.dtype('float32') compare equal but hash apart, and
+  # the dtype is part of the model's graphdef, so mixing them would miss jit caches.
+  dtype = getattr(jnp, jnp.dtype(dtype).name)
   param_dtype = jnp.dtype(dtype if param_dtype is None else param_dtype)
   _, config = convert.read_hf_config(path)
   shardings_of = _shardings(config, mesh, rules)
