@@ -195,3 +195,23 @@ def sparse_dense_curves(rows: Rows, metric: str, path: os.PathLike | str) -> str
     if panel == 0:
       axes.legend(fontsize='small')
   return _save(figure, path)
+
+
+def loss_curve(steps: Sequence[int], losses: Sequence[float], path: os.PathLike | str,
+               title: str = 'Training loss') -> str:
+  """The per-step training loss.
+
+  Args:
+    steps: [S] step numbers, increasing.
+    losses: [S] loss at each step.
+    path: the PNG to write.
+    title: the plot's title.
+  """
+  figure = _figure(6.0, 3.2)
+  axes = figure.add_subplot(1, 1, 1)
+  axes.plot(np.asarray(steps), np.asarray(losses, np.float64), color=LEVEL_COLORS['all'])
+  axes.set_xlabel('step')
+  axes.set_ylabel('loss')
+  axes.set_title(title)
+  axes.grid(alpha=0.3)
+  return _save(figure, path)

@@ -5,8 +5,6 @@ import html.parser
 import os
 import pathlib
 import re
-import shutil
-import subprocess
 
 import numpy as np
 import pyarrow as pa
@@ -16,9 +14,7 @@ from perax import plots
 from perax import report
 from perax.errors import InputError
 
-CHROMIUM_FLAGS = ('--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-                  '--disable-background-networking', '--disable-component-update', '--disable-sync')
-
+from chromium_check import rendered_body
 
 class _Collector(html.parser.HTMLParser):
   """Collects img sources, every href/src, and table cell texts of an HTML page."""
@@ -102,22 +98,9 @@ def test_figure_that_is_not_a_png_is_an_input_error(tmp_path):
         report.Figure('f', str(tmp_path / 'missing.png')),))])
 
 
-def _rendered_body(html_path: pathlib.Path, tmp_path: pathlib.Path) -> str:
-  """The <body> tag of the page after load, as headless Chromium's --dump-dom shows it."""
-  chromium = shutil.which('chromium')
-  if chromium is None:
-    pytest.skip('chromium not installed (CI installs it: apt-get install chromium)')
-  result = subprocess.run(
-      [chromium, *CHROMIUM_FLAGS, f'--user-data-dir={tmp_path / "profile"}', '--dump-dom',
-       html_path.as_uri()], capture_output=True, text=True, timeout=120, check=True)
-  match = re.search(r'<body[^>]*>', result.stdout)
-  assert match, result.stdout[-2000:] + result.stderr[-2000:]
-  return match.group(0)
-
-
 def test_plots_render_in_headless_chromium(written, tmp_path):
   _, paths, _ = written
-  body = _rendered_body(pathlib.Path(paths.html), tmp_path)
+  body = rendered_body(pathlib.Path(paths.html), tmp_path)
   assert 'data-images-total="2"' in body
   assert 'data-images-broken="0"' in body
 
@@ -127,6 +110,6 @@ def test_chromium_check_catches_a_broken_image(tmp_path):
   broken.write_bytes(report.PNG_SIGNATURE + b'garbage, not image data')
   paths = report.write_report(tmp_path, 'Broken', [
       report.Section('s', figures=(report.Figure('broken', broken),))])
-  body = _rendered_body(pathlib.Path(paths.html), tmp_path)
+  body = rendered_body(pathlib.Path(paths.html), tmp_path)
   assert 'data-images-total="1"' in body
   assert 'data-images-broken="1"' in body

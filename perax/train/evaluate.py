@@ -1,0 +1,205 @@
+"""Predictions of a trained distributional model on an evaluation set, and their metrics.
+
+For one set (perax.train.data.EvalData) :func:`predict` runs the jitted prediction step over every
+batch and keeps the real rows; :func:`evaluate_set` scores them against the targets with
+perax.metrics, overall and per ambiguity level, and :func:`write_evaluation` writes
+
+  predictions_<set>.parquet   utt_id, p_<label> per label, ambiguity
+  metrics_<set>.json          {set, step, n, labels, metrics: {level: {metric: value}}}, NaN as null
+  metrics_<set>.md            the same metrics as a table, levels as rows.
+
+:func:`evaluate_checkpoint` restores a run's checkpoint (best, latest or a step) and evaluates the
+plain test split and the DiME-Aug balanced set built from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Any, Callable, Mapping, Optional
+
+import jax
+import numpy as np
+import pyarrow as pa
+from jax.experimental import multihost_utils
+
+from perax import metrics as metrics_lib
+from perax import tables
+from perax.progress import Progress
+from perax.train import data as data_lib
+from perax.train import step as step_lib
+from perax.train.setup import RunSetup, setup_run
+
+# Columns of the readable table, in order (all keys of perax.metrics.distribution_metrics are in
+# the JSON).
+TABLE_METRICS = ('n', 'kl', 'js_divergence', 'bhattacharyya', 'r2', 'cosine', 'accuracy',
+                 'unweighted_accuracy', 'macro_f1')
+LEVEL_ORDER = ('low', 'medium', 'high', metrics_lib.ALL)
+
+
+@dataclasses.dataclass(frozen=True)
+class Predictions:
+  """Predicted and target distributions of one evaluation set's examples, in pipeline order.
+
+  Attributes:
+    utt_ids: [N] example ids.
+    probs: [N, C] float32 predicted distributions.
+    targets: [N, C] float32 target distributions.
+    levels: [N] ambiguity level per example (None where unknown).
+  """
+
+  utt_ids: np.ndarray
+  probs: np.ndarray
+  targets: np.ndarray
+  levels: np.ndarray
+
+
+def _host(x) -> np.ndarray:
+  """A global array (or this process's rows of one) gathered whole on every host."""
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def predict(eval_data: data_lib.EvalData, predictor: step_lib.StepCompiler, params: Any,
+            frozen: Any, mesh: jax.sharding.Mesh, echo: Callable[[str], None] = print
+            ) -> Predictions:
+  """Runs ``predictor`` (perax.train.step.predict_step_compiler) over one pass of the set."""
+  pipeline = eval_data.pipeline
+  progress = Progress(total=pipeline.batches_per_epoch, unit='batch', what=f'eval {eval_data.name}',
+                      print_fn=echo)
+  indices, probs, targets = [], [], []
+  for batch in pipeline.dataset:
+    inputs = step_lib.device_batch(batch, step_lib.MODEL_INPUTS, mesh)
+    probs.append(_host(predictor(params, frozen, inputs)))
+    targets.append(_host(batch['targets']))
+    indices.append(_host(batch['example_index']))
+    progress.update(1)
+  progress.close()
+  index = np.concatenate(indices)
+  real = index >= 0
+  index = index[real]
+  return Predictions(utt_ids=pipeline.utt_ids[index], probs=np.concatenate(probs)[real],
+                     targets=np.concatenate(targets)[real], levels=eval_data.levels[index])
+
+
+def evaluate_set(predictions: Predictions) -> dict[str, Mapping[str, float]]:
+  """perax.metrics.metrics_by_level of the predictions against their targets."""
+  return metrics_lib.metrics_by_level(predictions.targets.astype(np.float64),
+                                      predictions.probs.astype(np.float64), predictions.levels)
+
+
+def json_ready(value):
+  """``value`` with NaN floats as None, for strict JSON."""
+  if isinstance(value, Mapping):
+    return {k: json_ready(v) for k, v in value.items()}
+  if isinstance(value, float) and math.isnan(value):
+    return None
+  return value
+
+
+def metrics_table(by_level: Mapping[str, Mapping[str, float]]) -> str:
+  """A Markdown table: one row per ambiguity level (then all), :data:`TABLE_METRICS` as columns."""
+  lines = ['| level | ' + ' | '.join(TABLE_METRICS) + ' |',
+           '|---|' + '---:|' * len(TABLE_METRICS)]
+  for level in LEVEL_ORDER:
+    cells = []
+    for name in TABLE_METRICS:
+      value = by_level[level][name]
+      cells.append(str(value) if isinstance(value, int) else
+                   '' if math.isnan(value) else f'{value:.4f}')
+    lines.append(f'| {level} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
+def write_evaluation(out_dir: str, name: str, predictions: Predictions, labels: tuple[str, ...],
+                     by_level: Mapping[str, Mapping[str, float]], step: int) -> dict[str, str]:
+  """Writes predictions_<name>.parquet, metrics_<name>.json and metrics_<name>.md; returns paths."""
+  os.makedirs(out_dir, exist_ok=True)
+  columns = {'utt_id': pa.array(predictions.utt_ids.tolist(), pa.string())}
+  columns.update(zip(tables.label_columns(labels), predictions.probs.astype(np.float64).T))
+  columns['ambiguity'] = pa.array(predictions.levels.tolist(), pa.string())
+  paths = {'predictions': tables.write_table(pa.table(columns),
+                                             os.path.join(out_dir, f'predictions_{name}.parquet')),
+           'metrics': os.path.join(out_dir, f'metrics_{name}.json'),
+           'table': os.path.join(out_dir, f'metrics_{name}.md')}
+  report = {'set': name, 'step': step, 'n': int(len(predictions.utt_ids)),
+            'labels': list(labels), 'metrics': json_ready(by_level)}
+  _write_text(paths['metrics'], json.dumps(report, indent=2, allow_nan=False) + '\n')
+  _write_text(paths['table'], f'Evaluation set {name}, checkpoint step {step}\n\n'
+              f'{metrics_table(by_level)}\n')
+  return paths
+
+
+def _write_text(path: str, text: str) -> None:
+  tmp = f'{path}.tmp-{os.getpid()}'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def restore_for_eval(setup: RunSetup, which: str | int) -> int:
+  """Loads a saved train state into ``setup.state``; returns its step.
+
+  Args:
+    setup: a run assembled by perax.train.setup.setup_run (same config as the saved run).
+    which: 'best' (by the dev metric; the latest without one), 'latest', or a step number.
+
+  Raises:
+    FileNotFoundError: the run has no checkpoint (or not that step).
+  """
+  checkpointer = setup.checkpointer()
+  try:
+    if which == 'best':
+      step = checkpointer.best_step() or checkpointer.latest_step()
+    elif which == 'latest':
+      step = checkpointer.latest_step()
+    else:
+      step = int(which)
+    if step is None or step not in checkpointer.all_steps():
+      raise FileNotFoundError(f'no checkpoint {which!r} in {checkpointer.directory} '
+                              f'(saved steps: {sorted(checkpointer.all_steps())})')
+    setup.state = checkpointer.restore(step, setup.state, setup.shardings)
+  finally:
+    checkpointer.close()
+  return step
+
+
+def evaluate_checkpoint(config: Any, workdir: str, which: str | int = 'best',
+                        out_dir: Optional[str] = None, balanced: bool = True,
+                        echo: Callable[[str], None] = print) -> dict[str, dict]:
+  """Evaluates a run's checkpoint on its test split and on the balanced set built from it.
+
+  Args:
+    config: the run's config.
+    workdir: the run's directory.
+    which: 'best', 'latest' or a step (see :func:`restore_for_eval`).
+    out_dir: where files go; default <workdir>/eval_<step>.
+    balanced: also evaluate the DiME-Aug balanced evaluation set.
+    echo: receives progress lines and the metric tables.
+
+  Returns:
+    {set name: metrics by level}.
+  """
+  setup = setup_run(config, workdir, echo)
+  step = restore_for_eval(setup, which)
+  out_dir = out_dir or os.path.join(workdir, f'eval_{step}')
+  predictor = step_lib.predict_step_compiler(
+      step_lib.make_predict_step(setup.graphdef), setup.shardings.params,
+      setup.shardings.frozen, setup.mesh)
+  split = config.data.test_split
+  sets = [data_lib.eval_data(setup.run, setup.processor, config, setup.mesh, split)]
+  if balanced:
+    sets.append(data_lib.eval_data(setup.run, setup.processor, config, setup.mesh, split,
+                                   balanced=True))
+  results = {}
+  for eval_data in sets:
+    predictions = predict(eval_data, predictor, setup.state.params, setup.state.frozen,
+                          setup.mesh, echo)
+    by_level = evaluate_set(predictions)
+    paths = write_evaluation(out_dir, eval_data.name, predictions, setup.run.labels, by_level,
+                             step)
+    echo(f'{eval_data.name} (checkpoint step {step}, {len(predictions.utt_ids)} examples):\n'
+         f'{metrics_table(by_level)}\nwrote {", ".join(paths.values())}')
+    results[eval_data.name] = by_level
+  return results
