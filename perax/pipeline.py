@@ -114,7 +114,8 @@ def _run_stage(config: PipelineConfig, name: str, work: Callable[[], dict],
     json.dump(record, f, indent=2, default=str)
   os.replace(tmp, marker)
   echo(f'[{name}] finished in {record["seconds"]:.1f} s')
-  return outputs
+  with open(marker, encoding='utf-8') as f:  # as a resumed run sees them
+    return json.load(f)['outputs']
 
 
 def _load_train_config(path: str) -> Any:
