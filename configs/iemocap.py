@@ -28,12 +28,7 @@ def get_config():
   config.warmup_steps = 100
   config.checkpoint_every = 500
   config.mesh_shape = '1,-1,1'
-  config.model.scope = 'lora'
-  config.model.param_dtype = 'bfloat16'   # the frozen backbone; adapters and head stay float32
-  config.model.lora_targets = 'language_model/.*/(q_proj|k_proj|v_proj|o_proj)'
-  config.model.lora_rank = 16
-  config.model.lora_alpha = 32.0
-  config.model.head = 'mlp'
+  config_lib.qwen2_audio_lora(config)
   config.data.label_set = 'iemocap4'
   config.data.test_fold = 'Session5'
   config.data.dev_split = ''

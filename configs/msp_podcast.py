@@ -26,12 +26,7 @@ def get_config():
   config.keep_last = 2
   config.keep_best = 2
   config.mesh_shape = '1,-1,1'
-  config.model.scope = 'lora'
-  config.model.param_dtype = 'bfloat16'   # the frozen backbone; adapters and head stay float32
-  config.model.lora_targets = 'language_model/.*/(q_proj|k_proj|v_proj|o_proj)'
-  config.model.lora_rank = 16
-  config.model.lora_alpha = 32.0
-  config.model.head = 'mlp'
+  config_lib.qwen2_audio_lora(config)
   config.data.label_set = 'msp_podcast'
   config.data.test_split = 'test1'
   return config

@@ -17,7 +17,8 @@ from perax import prompts
 from perax.models.tiny import make_tiny_checkpoint
 from perax.tables import column, utterances_table
 
-LABELS = ('neutral', 'happy', 'sad', 'angry')
+from emodb_tables import LABELS, emodb_tables
+
 FILE_RATE = 22050
 PROMPT = prompts.Prompt('direct', 'What emotion does the speaker express? Choose one of: {labels}.')
 TRANSCRIPT_PROMPT = prompts.Prompt('heard', 'The speaker says: "{transcript}". Which of {labels}?')
@@ -273,21 +274,14 @@ def test_eval_iterator_covers_the_balanced_set_once(corpus, processor):
 
 
 def test_emodb_through_the_whole_pipeline(emodb_dir, processor):
-  wavs = sorted((emodb_dir / 'wav').glob('*.wav'))[:48]
-  letters = {'W': 'angry', 'F': 'happy', 'T': 'sad', 'N': 'neutral'}
-  chosen = [w for w in wavs if w.stem[5] in letters]
-  utterances = utterances_table([dict(utt_id=w.stem, audio_path=str(w), speaker=w.stem[:2],
-                                      split='train', corpus='emodb') for w in chosen])
-  p = np.asarray([[float(letters[w.stem[5]] == c) for c in LABELS] for w in chosen])
-  distributions = pa.table({'utt_id': [w.stem for w in chosen],
-                            **{f'p_{c}': p[:, k] for k, c in enumerate(LABELS)}})
+  utterances, distributions = emodb_tables(emodb_dir, max_files=48)
   plan = dime_aug.plan_augmentation(utterances, distributions, LABELS, (0.0, 0.0), seed=0)
   iterator = dp.make_train_iterator(utterances, distributions, LABELS, processor, PROMPT,
                                     dp.PipelineConfig(global_batch_size=8), seed=0, plan=plan,
                                     num_epochs=1)
   batches = list(iterator)
   seen = sum(int(b['example_mask'].sum()) for b in batches)
-  assert seen == len(chosen) + plan.num_rows
+  assert seen == utterances.num_rows + plan.num_rows
   durations = audio_mix.utterance_durations(utterances)
   for batch in batches:
     lengths = batch['feature_lengths'][batch['example_mask']]

@@ -19,7 +19,8 @@ from perax import distributions as dist
 from perax.errors import InputError
 from perax.tables import column, read_table, utterances_table, write_table
 
-LABELS = ('neutral', 'happy', 'sad', 'angry')
+from emodb_tables import LABELS, emodb_tables
+
 SPLIT_SPEAKERS = {'train': ['s0', 's1', 's2', 's3', 's4', 's5'], 'dev': ['s6', 's7'],
                   'test': ['s8', 's9']}
 # Share of each dominant emotion per split: imbalanced on purpose.
@@ -323,14 +324,7 @@ def test_launcher_writes_a_balanced_set(wav_corpus, tmp_path):
 
 
 def test_emodb_examples_render_from_real_audio(emodb_dir):
-  wavs = sorted((emodb_dir / 'wav').glob('*.wav'))[:60]
-  letters = {'W': 'angry', 'F': 'happy', 'T': 'sad', 'N': 'neutral'}
-  chosen = [w for w in wavs if w.stem[5] in letters]
-  utterances = utterances_table([dict(utt_id=w.stem, audio_path=str(w), speaker=w.stem[:2],
-                                      split='train', corpus='emodb') for w in chosen])
-  p = np.asarray([[float(letters[w.stem[5]] == c) for c in LABELS] for w in chosen])
-  distributions = pa.table({'utt_id': [w.stem for w in chosen],
-                            **{f'p_{c}': p[:, k] for k, c in enumerate(LABELS)}})
+  utterances, distributions = emodb_tables(emodb_dir, max_files=60)
   plan = dime_aug.plan_augmentation(utterances, distributions, LABELS, (0.0, 0.0), seed=0)
   assert plan.num_rows > 0
   paths = dict(zip(column(utterances, 'utt_id'), column(utterances, 'audio_path')))

@@ -73,3 +73,17 @@ def default_config() -> config_dict.ConfigDict:
   config.data.padding_side = 'left'
   config.data.num_workers = 0       # Grain worker processes (0: load in the training process)
   return config
+
+
+def qwen2_audio_lora(config: config_dict.ConfigDict) -> config_dict.ConfigDict:
+  """Sets ``config`` up for LoRA on Qwen2-Audio-7B's decoder attention, as the corpus configs use it.
+
+  The frozen backbone is stored in bfloat16; adapters and head stay float32.
+  """
+  config.model.scope = 'lora'
+  config.model.param_dtype = 'bfloat16'
+  config.model.lora_targets = 'language_model/.*/(q_proj|k_proj|v_proj|o_proj)'
+  config.model.lora_rank = 16
+  config.model.lora_alpha = 32.0
+  config.model.head = 'mlp'
+  return config
