@@ -106,6 +106,17 @@ def test_converted_directory_round_trips_and_loads_the_processor(hf_dir, referen
     convert.convert_checkpoint(hf_dir, out, progress=False)
 
 
+def test_relative_paths_convert_and_load(hf_dir, reference, tmp_path, monkeypatch):
+  """Orbax wants absolute paths; a user types relative ones (the README's demo does)."""
+  monkeypatch.chdir(tmp_path)
+  out = convert.convert_checkpoint(hf_dir, 'runs/converted', progress=False)
+  assert out.is_absolute() and (tmp_path / 'runs' / 'converted' / 'state').is_dir()
+  model, _, _ = loading.load_model('runs/converted', with_processor=False)
+  params, _ = reference
+  for name, value in parameters(model).items():
+    np.testing.assert_array_equal(value, params[name])
+
+
 def test_bfloat16_conversion_casts_each_tensor(hf_dir, reference, tmp_path):
   out = convert.convert_checkpoint(hf_dir, tmp_path / 'bf16', dtype='bfloat16', progress=False)
   assert json.loads((out / 'perax.json').read_text())['dtype'] == 'bfloat16'

@@ -399,7 +399,8 @@ def convert_checkpoint(hf_dir: os.PathLike | str, out_dir: os.PathLike | str,
   Returns:
     ``out_dir`` as a path.
   """
-  hf_dir, out_dir = pathlib.Path(hf_dir), pathlib.Path(out_dir)
+  # Orbax takes absolute paths only.
+  hf_dir, out_dir = pathlib.Path(hf_dir), pathlib.Path(out_dir).absolute()
   if out_dir.exists():
     raise FileExistsError(f'{out_dir} already exists')
   param_dtype = jnp.dtype(dtype)

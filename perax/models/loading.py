@@ -96,7 +96,7 @@ def _restore_converted(path: pathlib.Path, config: Qwen2AudioConfig, param_dtype
   stored_dtype = jnp.dtype(json.loads((path / convert.PERAX_JSON).read_text())['dtype'])
   expected = {name: variable.shape for name, variable in convert.flat_variables(
       nnx.state(convert.abstract_model(config, stored_dtype, stored_dtype)))}
-  state_dir = path / convert.STATE_DIR
+  state_dir = (path / convert.STATE_DIR).absolute()  # Orbax takes absolute paths only
   with ocp.StandardCheckpointer() as checkpointer:
     stored = convert.flatten(checkpointer.metadata(state_dir).item_metadata.tree)
     missing = sorted(set(expected) - set(stored))
