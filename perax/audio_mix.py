@@ -57,7 +57,7 @@ def concatenate(anchor: np.ndarray, partner: np.ndarray, gap_s: float,
     [Ta + round(gap_s * sample_rate) + Tp] float32, peak <= 1 when the inputs' peaks are.
   """
   gap = np.zeros(int(round(gap_s * sample_rate)), np.float32)
-  mixed = np.concatenate([anchor, gap, match_loudness(partner, anchor)]).astype(np.float32)
+  mixed = np.concatenate([anchor, gap, match_loudness(partner, anchor)], dtype=np.float32)
   return _within_full_scale(mixed)
 
 

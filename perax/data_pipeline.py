@@ -424,8 +424,8 @@ class BatchLoader:
       attention_mask[b, span] = True
     positions = np.maximum(np.cumsum(attention_mask, axis=1) - 1, 0).astype(np.int32)
     return {
-        'input_features': input_features.astype(np.float32),
-        'feature_lengths': feature_lengths.astype(np.int32),
+        'input_features': input_features,
+        'feature_lengths': feature_lengths,
         'input_ids': input_ids,
         'attention_mask': attention_mask,
         'positions': positions,

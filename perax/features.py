@@ -26,6 +26,10 @@ exact, not approximate, because of three facts:
    taken over the bucket's frames plus these two guard frames, which makes it equal to Hugging
    Face's maximum over all 3000 frames; the guard frames are then dropped.
 
+Facts 1 and 2 also let the numpy path skip work inside a bucket: the frames that lie wholly in the
+zero padding past the batch's longest clip are not transformed, only set to the value that every
+such frame has (:func:`_log_mel_clips`), so a 2 s clip in the 4 s bucket costs about half.
+
 Valid frames. Hugging Face's ``feature_attention_mask`` marks every 160th sample of the clip, so a
 clip of ``n`` samples has ``ceil(n / 160)`` valid frames (at most 3000): :func:`batch_features`
 returns exactly that, from which Qwen2-Audio derives its number of audio tokens.
@@ -104,13 +108,18 @@ def mel_filters(n_mels: int = N_MELS, n_fft: int = N_FFT, sr: int = SAMPLE_RATE)
 
 
 @functools.cache
-def _sparse_mel_filters() -> scipy.sparse.csr_array:
-  """:func:`mel_filters` as a sparse [n_fft // 2 + 1, 128] matrix (about 2 nonzeros per bin).
+def _block_mel_projection(batch: int) -> scipy.sparse.csr_array:
+  """The transposed mel filters once per row of a batch: sparse [batch * 128, batch * 201].
 
-  The numpy path projects with it: dense BLAS on this small product is slower, and much slower
-  where BLAS threads compete for a few busy cores (data-loader workers).
+  Applied to power spectra stacked frequency-major, [batch * 201, frames], it gives the mel
+  energies [batch * 128, frames] in the features' own layout in one call, with no transposition.
+  Sparse (about 2 nonzeros per bin): dense BLAS on this product is slower, and much slower where
+  BLAS threads compete for a few busy cores (data-loader workers).
   """
-  return scipy.sparse.csr_array(mel_filters())
+  block = scipy.sparse.kron(scipy.sparse.eye_array(batch, dtype=np.float32),
+                            scipy.sparse.csr_array(mel_filters().T), format='csr')
+  block.sort_indices()
+  return block
 
 
 @functools.cache
@@ -142,30 +151,133 @@ def _check_bucket(num_samples: int) -> None:
                      f'({N_FFT // 2}, {MAX_SAMPLES}]')
 
 
-def _log_mel(waveforms, xp, rfft, project):
-  """The features of a zero-padded batch [B, S], with ``xp`` numpy or jax.numpy.
+def _clamp(log_mel, peak, xp, out=None):
+  """Whisper's dynamic-range clamp and scaling of log10 mel values against each row's ``peak``.
 
-  ``rfft`` is a real FFT over the last axis; ``project`` maps power spectra [B * frames, 201] to
-  mel energies [B * frames, 128].
+  With ``out`` (numpy only) the result is written there, by the same float32 operations.
   """
-  num_samples = waveforms.shape[1]
-  _check_bucket(num_samples)
-  right, reflect, peak_frames = _framing(num_samples)
-  right_pad = (waveforms[:, -2:-right - 2:-1] if reflect
-               else xp.zeros((waveforms.shape[0], right), xp.float32))
-  padded = xp.concatenate([waveforms[:, N_FFT // 2:0:-1], waveforms, right_pad], axis=1)
-  index = HOP_LENGTH * np.arange(peak_frames)[:, None] + np.arange(N_FFT)[None, :]
-  spectrum = rfft(padded[:, index] * hann_window())  # [B, frames, 201]
+  if out is None:
+    return (xp.maximum(log_mel, peak - DYNAMIC_RANGE) + 4.0) / 4.0
+  xp.maximum(log_mel, peak - DYNAMIC_RANGE, out=out)
+  out += 4.0
+  out /= 4.0
+  return out
+
+
+# log10 of the mel energy of a frame of zeros: the floor every pure-padding frame sits at.
+_PADDING_LOG_MEL = np.log10(np.maximum(np.zeros((), np.float32), MEL_FLOOR))
+# Frames the numpy path transforms at once (_log_mel_clips): its temporaries, about 6 kB a frame,
+# then stay within a few MB.
+_BLOCK_FRAMES = 1024
+
+
+def _padded_frames_span(clips: Sequence[np.ndarray], num_samples: int, reflect: bool,
+                        num_frames: int) -> np.ndarray:
+  """Clips padded as :func:`_framing` pads them, cut after the last of their first frames.
+
+  Args:
+    clips: R float32 [T_r] clips, T_r <= num_samples, each standing for itself followed by zeros
+      up to ``num_samples`` (its bucket).
+    num_samples: the bucket's length S.
+    reflect: whether the bucket's right padding reflects the clip (the 30 s bucket) or is zeros.
+    num_frames: F >= 2, the frames needed.
+
+  Returns:
+    float32 [R, 160 (F - 1) + 400]: the reflection of samples 200..1, the zero-padded clip, then
+    (only where the frames reach past S) the right padding, up to the end of frame F - 1.
+  """
+  left = N_FFT // 2
+  padded = np.zeros((len(clips), HOP_LENGTH * (num_frames - 1) + N_FFT), np.float32)
+  span = min(padded.shape[1] - left, num_samples)
+  for row, clip in enumerate(clips):
+    padded[row, left:left + min(len(clip), span)] = clip[:span]
+  padded[:, :left] = padded[:, 2 * left:left:-1]  # sample k - 200 < 0 reflects to 200 - k
+  right = padded.shape[1] - left - num_samples
+  if reflect and right > 0:  # sample S + j reflects to S - 2 - j
+    end = left + num_samples
+    padded[:, end:] = padded[:, end - 2:end - 2 - right:-1]
+  return padded
+
+
+def _log10_mel(padded: np.ndarray, num_frames: int) -> np.ndarray:
+  """Floored log10 mel energies of the first frames of padded clips, in numpy.
+
+  Frames are laid out frequency-major ([R, 400, F], then [R, 201, F] spectra) so that the mel
+  projection writes the features' own layout, with no transposition.
+
+  Args:
+    padded: float32 [R, T], clips already padded on both sides; T >= 160 (num_frames - 1) + 400.
+    num_frames: F, frames starting every 160 samples from sample 0.
+
+  Returns:
+    float32 [R, 128, F]: log10(max(mel energy, 1e-10)).
+  """
+  rows = padded.shape[0]
+  frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT, axis=1)
+  frames = frames[:, :HOP_LENGTH * (num_frames - 1) + 1:HOP_LENGTH]  # [R, F, 400], a view
+  windowed = frames.transpose(0, 2, 1) * hann_window()[:, None]  # [R, 400, F]
+  spectrum = scipy.fft.rfft(windowed, axis=1)  # [R, 201, F]
   power = spectrum.real ** 2 + spectrum.imag ** 2
-  mel = project(power.reshape(-1, power.shape[-1])).reshape(*power.shape[:2], N_MELS)
-  log_mel = xp.log10(xp.maximum(mel, MEL_FLOOR))  # [B, frames, 128]
-  peak = log_mel.max(axis=(1, 2), keepdims=True)
-  kept = log_mel[:, :num_samples // HOP_LENGTH].transpose(0, 2, 1)
-  return (xp.maximum(kept, peak - DYNAMIC_RANGE) + 4.0) / 4.0
+  log_mel = _block_mel_projection(rows) @ power.reshape(rows * power.shape[1], num_frames)
+  np.log10(np.maximum(log_mel, MEL_FLOOR, out=log_mel), out=log_mel)
+  return log_mel.reshape(rows, N_MELS, num_frames)
+
+
+def _log_mel_clips(clips: Sequence[np.ndarray], num_samples: int) -> np.ndarray:
+  """Features of clips zero-padded to a bucket, transforming only the frames that can hold signal.
+
+  Frame k sees samples [160 k - 200, 160 k + 200), so past the longest clip (``extent`` samples)
+  every frame from ceil((extent + 200) / 160) on sees zeros only: zero padding, or for the 30 s
+  bucket the reflection of zeros (its reflected samples are clip samples only when
+  ``extent > S - 200``, and then every frame is computed). The log mel of such a frame is the floor
+  log10(1e-10), so its features are set directly to their clamped value
+  ``(max(floor, peak - 8) + 4) / 4`` by the same float32 operations as a computed frame: the
+  result is identical to transforming every frame (the floor never raises a peak, fact 2).
+
+  The frames are transformed in blocks of about :data:`_BLOCK_FRAMES` (whole rows where they fit):
+  a block's temporaries stay in cache, and the allocator reuses their memory from block to block
+  instead of mapping fresh pages for every batch-sized temporary, which costs more than the FFTs.
+
+  Args:
+    clips: B float32 [T_b] clips, T_b <= num_samples.
+    num_samples: S, the bucket (checked by :func:`_check_bucket`).
+
+  Returns:
+    float32 [B, 128, S // 160], as :func:`log_mel_batch` of the zero-padded clips.
+  """
+  _check_bucket(num_samples)
+  _, reflect, peak_frames = _framing(num_samples)
+  num_frames = num_samples // HOP_LENGTH
+  extent = max((len(clip) for clip in clips), default=0)
+  computed = min(-(-(extent + N_FFT // 2) // HOP_LENGTH), peak_frames)  # >= 2
+  kept = min(computed, num_frames)  # computed frames past the bucket are guards: they feed peak
+  features = np.empty((len(clips), N_MELS, num_frames), np.float32)
+  rows_per_block = max(1, _BLOCK_FRAMES // computed)
+  frames_per_block = min(computed, _BLOCK_FRAMES)
+  for first_row in range(0, len(clips), rows_per_block):
+    block = clips[first_row:first_row + rows_per_block]
+    rows = slice(first_row, first_row + len(block))
+    padded = _padded_frames_span(block, num_samples, reflect, computed)
+    log_mels = []  # (first frame, [R, 128, frames] log mel) of each block of frames
+    for first in range(0, computed, frames_per_block):
+      count = min(frames_per_block, computed - first)
+      span = padded[:, HOP_LENGTH * first:HOP_LENGTH * (first + count - 1) + N_FFT]
+      log_mels.append((first, _log10_mel(span, count)))
+    peak = np.full((len(block), 1, 1), _PADDING_LOG_MEL)  # [R, 1, 1]
+    for _, log_mel in log_mels:
+      np.maximum(peak, log_mel.max(axis=(1, 2), keepdims=True), out=peak)
+    for first, log_mel in log_mels:
+      stored = max(min(log_mel.shape[2], kept - first), 0)
+      _clamp(log_mel[:, :, :stored], peak, np, out=features[rows, :, first:first + stored])
+    features[rows, :, kept:] = _clamp(_PADDING_LOG_MEL, peak, np)
+  return features
 
 
 def log_mel_batch(waveforms: np.ndarray) -> np.ndarray:
   """Log-mel features of zero-padded 16 kHz clips, in numpy (float32).
+
+  Frames that see no nonzero sample of the batch are not transformed, only set to their exact
+  value (:func:`_log_mel_clips`).
 
   Args:
     waveforms: float [B, S], each row a clip followed by zeros; S a multiple of 160, at most
@@ -175,16 +287,17 @@ def log_mel_batch(waveforms: np.ndarray) -> np.ndarray:
     float32 [B, 128, S // 160]: row b equals Hugging Face's features of ``waveforms[b]`` on their
     first S // 160 frames (see the module docstring).
   """
-  features = _log_mel(np.asarray(waveforms, dtype=np.float32), np,
-                      lambda frames: scipy.fft.rfft(frames, axis=-1, overwrite_x=True),
-                      lambda power: power @ _sparse_mel_filters())
-  return np.ascontiguousarray(features, dtype=np.float32)
+  waveforms = np.asarray(waveforms, dtype=np.float32)
+  nonzero = np.flatnonzero(waveforms.any(axis=0))
+  extent = int(nonzero[-1]) + 1 if nonzero.size else 0
+  return _log_mel_clips(list(waveforms[:, :extent]), waveforms.shape[1])
 
 
 def log_mel_batch_jax(waveforms: jax.Array) -> jax.Array:
   """:func:`log_mel_batch` in JAX, for use inside ``jit`` on accelerators.
 
-  The mel projection runs at full float32 precision (accelerators default to reduced precision).
+  Every frame is transformed (shapes are static). The mel projection runs at full float32
+  precision (accelerators default to reduced precision).
 
   Args:
     waveforms: float [B, S] as in :func:`log_mel_batch`; S is static.
@@ -192,10 +305,20 @@ def log_mel_batch_jax(waveforms: jax.Array) -> jax.Array:
   Returns:
     float32 [B, 128, S // 160], equal to :func:`log_mel_batch` within float32 rounding.
   """
-  return _log_mel(jnp.asarray(waveforms, jnp.float32), jnp,
-                  lambda frames: jnp.fft.rfft(frames, axis=-1),
-                  lambda power: jnp.matmul(power, mel_filters(),
-                                           precision=jax.lax.Precision.HIGHEST))
+  waveforms = jnp.asarray(waveforms, jnp.float32)
+  num_samples = waveforms.shape[1]
+  _check_bucket(num_samples)
+  right, reflect, peak_frames = _framing(num_samples)
+  right_pad = (waveforms[:, -2:-right - 2:-1] if reflect
+               else jnp.zeros((waveforms.shape[0], right), jnp.float32))
+  padded = jnp.concatenate([waveforms[:, N_FFT // 2:0:-1], waveforms, right_pad], axis=1)
+  index = HOP_LENGTH * np.arange(peak_frames)[:, None] + np.arange(N_FFT)[None, :]
+  spectrum = jnp.fft.rfft(padded[:, index] * hann_window(), axis=-1)  # [B, frames, 201]
+  power = spectrum.real ** 2 + spectrum.imag ** 2
+  mel = jnp.matmul(power, mel_filters(), precision=jax.lax.Precision.HIGHEST)
+  log_mel = jnp.log10(jnp.maximum(mel, MEL_FLOOR))  # [B, frames, 128]
+  peak = log_mel.max(axis=(1, 2), keepdims=True)
+  return _clamp(log_mel[:, :num_samples // HOP_LENGTH], peak, jnp).transpose(0, 2, 1)
 
 
 def log_mel_spectrogram(audio: np.ndarray, n_frames: Optional[int] = None) -> np.ndarray:
@@ -210,10 +333,7 @@ def log_mel_spectrogram(audio: np.ndarray, n_frames: Optional[int] = None) -> np
     ``n_frames`` frames.
   """
   num_samples = HOP_LENGTH * (MAX_SAMPLES // HOP_LENGTH if n_frames is None else n_frames)
-  clip = np.asarray(audio, dtype=np.float32)[:num_samples]
-  padded = np.zeros((1, num_samples), np.float32)
-  padded[0, :clip.size] = clip
-  return log_mel_batch(padded)[0]
+  return _log_mel_clips([np.asarray(audio, dtype=np.float32)[:num_samples]], num_samples)[0]
 
 
 def bucket_for(num_samples: int) -> int:
@@ -268,8 +388,5 @@ def batch_features(waveforms: Sequence[np.ndarray],
   if truncated:
     log.warning('truncated %d of %d clips to the %d s bucket (longest %.1f s)', truncated,
                 lengths.size, seconds, lengths.max() / SAMPLE_RATE)
-  padded = np.zeros((lengths.size, num_samples), np.float32)
-  for row, waveform in enumerate(waveforms):
-    clip = np.asarray(waveform, dtype=np.float32)[:num_samples]
-    padded[row, :clip.size] = clip
-  return log_mel_batch(padded), valid_frames(np.minimum(lengths, num_samples))
+  clips = [np.asarray(waveform, dtype=np.float32)[:num_samples] for waveform in waveforms]
+  return _log_mel_clips(clips, num_samples), valid_frames(np.minimum(lengths, num_samples))

@@ -6,12 +6,15 @@ Both read EmoDB's recordings (22.05 kHz wavs, resampled to 16 kHz).  perax: ever
 training example, plus the DiME-Aug examples that balance its emotions (each one decodes and mixes
 two recordings), bucketed log-mel features, prompt token ids and targets, in batches.  Plain: one
 file at a time, ``librosa.load(sr=16000)`` then ``WhisperFeatureExtractor(feature_size=128)``
-(padding every clip to 30 s, as Qwen2-Audio's processor does).
+(padding every clip to 30 s, as Qwen2-Audio's processor does), timed twice: on the extractor's
+default path (its torch STFT where torch is installed) and on its numpy path (what an install
+without torch runs, several times slower).
 
 perax is timed from its first batch on (worker start-up excluded) over whole passes of the data; the
 first pass decodes every file, later ones find their audio in the pipeline's cache, and both are
-reported.  The plain loop is timed after one untimed call.  The last line is
-``examples/s perax=<x> plain=<y> ratio=<r>`` with perax's first (decoding) pass.
+reported.  Each plain loop is timed after one untimed call.  The last line is
+``examples/s perax=<x> plain=<y> ratio=<r>`` with perax's first (decoding) pass and the plain loop
+on the default path, the stronger baseline; the line before it gives the ratio to the numpy path.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import tempfile
 import time
 
 from absl import flags
+import numpy as np
 import pyarrow as pa
 import threadpoolctl
 import transformers
@@ -45,7 +49,7 @@ _BATCH = flags.DEFINE_integer('pipeline_batch_size', 16, 'Global batch size.')
 _WORKERS = flags.DEFINE_integer('pipeline_workers', 0, 'Grain worker processes.')
 _THREADS = flags.DEFINE_integer('pipeline_threads', 2, 'Grain read threads per process.')
 _PASSES = flags.DEFINE_integer('pipeline_passes', 2, 'Passes over the data (the first decodes).')
-_PLAIN = flags.DEFINE_integer('pipeline_plain_examples', 40, 'Files for the plain loop.')
+_PLAIN = flags.DEFINE_integer('pipeline_plain_examples', 100, 'Files for the plain loop.')
 _BLAS_THREADS = flags.DEFINE_integer('pipeline_blas_threads', 1,
                                      'BLAS threads in this process (0: leave as is).')
 _SEED = flags.DEFINE_integer('pipeline_seed', 0, 'Seed of DiME-Aug and the shuffle.')
@@ -92,10 +96,17 @@ def _time_perax(utterances, targets, labels, plan, processor) -> list[tuple[int,
   return passes
 
 
-def _time_plain(paths: list[str]) -> tuple[int, float, float]:
-  """(examples, audio seconds, seconds) of librosa.load + WhisperFeatureExtractor, file by file."""
+class _NumpyWhisperFeatureExtractor(transformers.WhisperFeatureExtractor):
+  """WhisperFeatureExtractor on its numpy path, the one it takes where torch is not installed."""
+
+  def _torch_extract_fbank_features(self, waveform: np.ndarray, device: str = 'cpu') -> np.ndarray:
+    return self._np_extract_fbank_features(waveform, device)
+
+
+def _time_plain(paths: list[str], extractor: transformers.WhisperFeatureExtractor,
+                what: str) -> tuple[int, float, float]:
+  """(examples, audio seconds, seconds) of librosa.load + ``extractor``, file by file."""
   import librosa  # pylint: disable=g-import-not-at-top  (only the baseline needs it)
-  extractor = transformers.WhisperFeatureExtractor(feature_size=128)
 
   def one(path: str) -> float:
     waveform, _ = librosa.load(path, sr=16000)
@@ -103,7 +114,7 @@ def _time_plain(paths: list[str]) -> tuple[int, float, float]:
     return waveform.size / 16000
 
   one(paths[0])
-  progress = Progress(total=len(paths), unit='examples', what='plain loop', every_s=10.0)
+  progress = Progress(total=len(paths), unit='examples', what=what, every_s=10.0)
   audio_s, start = 0.0, time.perf_counter()
   for path in paths:
     audio_s += one(path)
@@ -128,11 +139,19 @@ def run() -> None:
     print(f'perax pass {k + 1} ({"decoding" if k == 0 else "cached audio"}): {examples} examples, '
           f'{examples / seconds:.1f} examples/s, {audio_s / seconds:.1f} audio-s/s')
   paths = column(utterances, 'audio_path')[:_PLAIN.value].tolist()
-  examples, audio_s, seconds = _time_plain(paths)
-  plain_rate = examples / seconds
-  print(f'plain: {examples} examples, {plain_rate:.1f} examples/s, '
-        f'{audio_s / seconds:.1f} audio-s/s')
+  default_path = 'torch' if transformers.utils.is_torch_available() else 'numpy'
+  extractors = {default_path: transformers.WhisperFeatureExtractor(feature_size=128)}
+  extractors.setdefault('numpy', _NumpyWhisperFeatureExtractor(feature_size=128))
+  plain_rates = {}
+  for path_name, extractor in extractors.items():
+    what = f'plain loop, {path_name} path'
+    examples, audio_s, seconds = _time_plain(paths, extractor, what)
+    plain_rates[path_name] = examples / seconds
+    print(f'{what}: {examples} examples, {examples / seconds:.1f} examples/s, '
+          f'{audio_s / seconds:.1f} audio-s/s')
   print(f'machine load average after: {os.getloadavg()[0]:.2f}')
   perax_rate = passes[0][0] / passes[0][2]
-  print(f'examples/s perax={perax_rate:.1f} plain={plain_rate:.1f} '
-        f'ratio={perax_rate / plain_rate:.1f}')
+  print(f'examples/s perax={perax_rate:.1f} plain_numpy={plain_rates["numpy"]:.1f} '
+        f'ratio_numpy={perax_rate / plain_rates["numpy"]:.1f}')
+  print(f'examples/s perax={perax_rate:.1f} plain={plain_rates[default_path]:.1f} '
+        f'ratio={perax_rate / plain_rates[default_path]:.1f}')
