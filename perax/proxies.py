@@ -30,7 +30,6 @@ import os
 from typing import Callable, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pyarrow as pa
 from jax.sharding import Mesh
