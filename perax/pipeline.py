@@ -41,6 +41,7 @@ from perax import proxies
 from perax import report as report_lib
 from perax import tables
 from perax.models import convert
+from perax.models import loading
 from perax.models import tiny
 from perax.train import evaluate as evaluate_lib
 from perax.train import loop
@@ -149,6 +150,8 @@ def _checkpoint(config: PipelineConfig, echo) -> dict:
 def _proxies(config: PipelineConfig, checkpoint: str, utterances: str, echo) -> dict:
   label_set = labels_lib.get_label_set(config.label_set)
   prompts = tuple(prompts_lib.load_prompts(config.prompts_config, config.prompt_ids))
+  model, _, processor = loading.load_model(checkpoint, dtype=config.dtype)  # once for both modes
+  manifest = tables.read_utterances(utterances)
   outputs = {}
   for mode in proxies.MODES:
     job = proxies.ProxyJob(
@@ -156,8 +159,7 @@ def _proxies(config: PipelineConfig, checkpoint: str, utterances: str, echo) -> 
         votes_per_utterance=config.votes_per_utterance, temperature=config.temperature,
         top_p=config.top_p, max_new_tokens=config.max_new_tokens, seed=config.seed,
         batch_size=config.batch_size)
-    result = proxies.generate_from_files(job, checkpoint, utterances,
-                                         _path(config, 'proxies', mode), dtype=config.dtype)
+    result = proxies.generate(job, manifest, _path(config, 'proxies', mode), model, processor)
     echo(f'proxies ({mode}): {result.rows} rows; {result.skipped.summary()}')
     outputs[mode] = result.output
   return outputs
