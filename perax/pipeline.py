@@ -3,7 +3,8 @@ analysis -> report.
 
 Stages, each writing under ``out_dir`` and each skipped when its marker ``stages/<name>.json`` is
 already there (so a killed run resumes where it stopped; training also resumes from its own
-checkpoints):
+checkpoints). ``stages/config.json`` records the settings, and a rerun with other settings into the
+same ``out_dir`` is refused rather than mixed with the old outputs:
 
   prepare        data/utterances.parquet, votes.parquet (human), reference_votes.parquet (if any)
   checkpoint     hf_checkpoint/ (a tiny random HF checkpoint, demo only) converted to checkpoint/
@@ -40,6 +41,7 @@ from perax import prompts as prompts_lib
 from perax import proxies
 from perax import report as report_lib
 from perax import tables
+from perax.errors import InputError
 from perax.models import convert
 from perax.models import loading
 from perax.models import tiny
@@ -318,9 +320,38 @@ def _report(config: PipelineConfig, stages: Mapping[str, Mapping],
   return {'html': paths.html, 'markdown': paths.markdown}
 
 
+def _claim_out_dir(config: PipelineConfig) -> None:
+  """Records the config in ``stages/config.json``; a rerun must bring the same one.
+
+  Stages reuse their outputs by marker, so a rerun with other settings would mix runs silently.
+
+  Raises:
+    InputError: ``out_dir`` holds a run made with other settings (the differing fields are named).
+  """
+  wanted = json.loads(json.dumps(dataclasses.asdict(config), default=str))
+  path = _path(config, 'stages', 'config.json')
+  if os.path.exists(path):
+    with open(path, encoding='utf-8') as f:
+      recorded = json.load(f)
+    differing = sorted(k for k in set(recorded) | set(wanted) if recorded.get(k) != wanted.get(k))
+    if differing:
+      raise InputError(f'this directory holds a run with other settings (differing: {differing}); '
+                       'use another --out_dir, or remove this one to start over', path=path)
+    return
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = f'{path}.tmp-{os.getpid()}'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    json.dump(wanted, f, indent=2)
+  os.replace(tmp, path)
+
+
 def run_pipeline(config: PipelineConfig, echo: Callable[[str], None] = print) -> dict:
-  """Runs (or resumes) every stage; returns each stage's outputs by stage name."""
-  os.makedirs(config.out_dir, exist_ok=True)
+  """Runs (or resumes) every stage; returns each stage's outputs by stage name.
+
+  Raises:
+    InputError: ``config.out_dir`` holds a run made with other settings.
+  """
+  _claim_out_dir(config)
   outputs, seconds = {}, {}
 
   def stage(name, work):

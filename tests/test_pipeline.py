@@ -1,11 +1,13 @@
 """The main job end to end on the demo corpus: every stage, resumption, and the report."""
 
 import csv
+import dataclasses
 import pathlib
 
 import pytest
 
 from perax import pipeline
+from perax.errors import InputError
 
 from chromium_check import rendered_body
 
@@ -70,3 +72,10 @@ def test_a_rerun_resumes_and_a_removed_stage_is_redone(run):
   redone = []
   pipeline.run_pipeline(config, echo=redone.append)
   assert [line for line in redone if line.endswith('running')] == ['[report] running']
+
+
+def test_a_rerun_with_other_settings_is_refused(run):
+  config, _, _ = run
+  changed = dataclasses.replace(config, seed=config.seed + 1, votes_per_utterance=3)
+  with pytest.raises(InputError, match=r"differing: \['seed', 'votes_per_utterance'\]"):
+    pipeline.run_pipeline(changed, echo=lambda line: None)
