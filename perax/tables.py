@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import Iterable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -42,7 +42,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from perax.errors import InputError
+from perax.errors import InputError, SkipCounter, handle
 
 HUMAN = 'human'
 SYNTHETIC = 'synthetic'
@@ -200,19 +200,31 @@ def read_table(path: os.PathLike | str, columns: Optional[Sequence[str]] = None)
   return table.select(columns) if columns else table
 
 
-def _read_jsonl(path: str) -> pa.Table:
-  rows = []
+def iter_jsonl(path: os.PathLike | str, lenient: bool = False,
+               skipped: Optional[SkipCounter] = None) -> Iterator[tuple[int, dict]]:
+  """Yields (1-based line, object) for each non-blank line of a JSONL file.
+
+  A line that is not a JSON object raises InputError naming the file and line, or with ``lenient``
+  is counted in ``skipped`` and passed over.
+  """
   with open(path, encoding='utf-8') as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
+    for lineno, text in enumerate(f, 1):
+      if not text.strip():
         continue
       try:
-        row = json.loads(line)
+        row = json.loads(text)
       except json.JSONDecodeError as e:
-        raise InputError(f'invalid JSON: {e.msg}', path=path, line=lineno) from e
+        handle(InputError(f'invalid JSON: {e.msg}', path=path, line=lineno), lenient, skipped)
+        continue
       if not isinstance(row, dict):
-        raise InputError('expected a JSON object per line', path=path, line=lineno)
-      rows.append(row)
+        handle(InputError('expected a JSON object per line', path=path, line=lineno), lenient,
+               skipped)
+        continue
+      yield lineno, row
+
+
+def _read_jsonl(path: str) -> pa.Table:
+  rows = [row for _, row in iter_jsonl(path)]
   # from_pylist takes its columns from the first row alone: list the union so no column is lost.
   names = list(dict.fromkeys(k for row in rows for k in row))
   return pa.Table.from_pydict({k: [row.get(k) for row in rows] for k in names})

@@ -17,7 +17,6 @@ Errors name the file and the line (CSV, JSONL) or the row (Parquet, 0-based).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Iterator, Optional, Sequence
@@ -51,20 +50,8 @@ def _read_rows(path: str, required: Sequence[str], lenient: bool,
     for line, row in read_csv_rows(path, required, lenient=lenient, skipped=skipped):
       yield {'line': line}, row
   elif ext in ('.jsonl', '.json'):
-    with open(path, encoding='utf-8') as f:
-      for line, text in enumerate(f, 1):
-        if not text.strip():
-          continue
-        try:
-          row = json.loads(text)
-        except json.JSONDecodeError as e:
-          handle(InputError(f'invalid JSON: {e.msg}', path=path, line=line), lenient, skipped)
-          continue
-        if not isinstance(row, dict):
-          handle(InputError('expected a JSON object per line', path=path, line=line), lenient,
-                 skipped)
-          continue
-        yield {'line': line}, row
+    for line, row in tables.iter_jsonl(path, lenient, skipped):
+      yield {'line': line}, row
   elif ext in ('.parquet', '.pq'):
     try:
       table = pq.read_table(path)
