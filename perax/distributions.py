@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.optimize
 
+from perax import atomic
 from perax import labels as labels_lib
 from perax import tables
 from perax.errors import InputError, SkipCounter
@@ -619,11 +620,8 @@ def build_distributions(
 def write_distributions(table: pa.Table, info: Mapping, out_dir: str) -> tuple[str, str]:
   """Writes <out_dir>/distributions.parquet and <out_dir>/distributions.json; returns both paths."""
   parquet_path = tables.write_table(table, os.path.join(out_dir, 'distributions.parquet'))
-  json_path = os.path.join(out_dir, 'distributions.json')
-  tmp = f'{json_path}.tmp-{os.getpid()}'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump(info, f, indent=2, sort_keys=True)
-  os.replace(tmp, json_path)
+  json_path = atomic.write_text(os.path.join(out_dir, 'distributions.json'),
+                                json.dumps(info, indent=2, sort_keys=True))
   return parquet_path, json_path
 
 

@@ -31,6 +31,7 @@ import shutil
 import time
 from typing import Any, Callable, Mapping, Optional
 
+from perax import atomic
 from perax import analysis
 from perax import augmented_set
 from perax import corpora
@@ -111,11 +112,7 @@ def _run_stage(config: PipelineConfig, name: str, work: Callable[[], dict],
   started = time.time()
   outputs = work()
   record = {'outputs': outputs, 'seconds': time.time() - started}
-  os.makedirs(os.path.dirname(marker), exist_ok=True)
-  tmp = f'{marker}.tmp-{os.getpid()}'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump(record, f, indent=2, default=str)
-  os.replace(tmp, marker)
+  atomic.write_text(marker, json.dumps(record, indent=2, default=str))
   echo(f'[{name}] finished in {record["seconds"]:.1f} s')
   with open(marker, encoding='utf-8') as f:  # as a resumed run sees them
     return json.load(f)['outputs']
@@ -338,11 +335,7 @@ def _claim_out_dir(config: PipelineConfig) -> None:
       raise InputError(f'this directory holds a run with other settings (differing: {differing}); '
                        'use another --out_dir, or remove this one to start over', path=path)
     return
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump(wanted, f, indent=2)
-  os.replace(tmp, path)
+  atomic.write_text(path, json.dumps(wanted, indent=2))
 
 
 def run_pipeline(config: PipelineConfig, echo: Callable[[str], None] = print) -> dict:

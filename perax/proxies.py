@@ -34,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 from jax.sharding import Mesh
 
+from perax import atomic
 from perax import audio as audio_io
 from perax import features as mel
 from perax import labels as labels_lib
@@ -389,8 +390,4 @@ def _skipped_total(shard_dir: str, n_shards: int) -> SkipCounter:
 
 def _write_json(path: str, value) -> None:
   """Writes JSON atomically (temp file + rename)."""
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump(value, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+  atomic.write_text(path, json.dumps(value, indent=2, sort_keys=True))

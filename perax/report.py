@@ -22,6 +22,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 
+from perax import atomic
 from perax.errors import InputError
 
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
@@ -217,13 +218,6 @@ def render_markdown(title: str, sections: Sequence[Section], relative_to: str) -
   return '\n'.join(out) + '\n'
 
 
-def _write_text(path: str, text: str) -> None:
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
 def write_report(out_dir: os.PathLike | str, title: str, sections: Sequence[Section],
                  basename: str = 'report') -> ReportPaths:
   """Writes ``<out_dir>/<basename>.html`` (self-contained) and ``<out_dir>/<basename>.md``, atomically.
@@ -241,6 +235,6 @@ def write_report(out_dir: os.PathLike | str, title: str, sections: Sequence[Sect
   os.makedirs(out_dir, exist_ok=True)
   paths = ReportPaths(html=os.path.join(out_dir, f'{basename}.html'),
                       markdown=os.path.join(out_dir, f'{basename}.md'))
-  _write_text(paths.html, render_html(title, sections))
-  _write_text(paths.markdown, render_markdown(title, sections, out_dir))
+  atomic.write_text(paths.html, render_html(title, sections))
+  atomic.write_text(paths.markdown, render_markdown(title, sections, out_dir))
   return paths

@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 from jax.experimental import multihost_utils
 
+from perax import atomic
 from perax import metrics as metrics_lib
 from perax import tables
 from perax.progress import Progress
@@ -125,17 +126,10 @@ def write_evaluation(out_dir: str, name: str, predictions: Predictions, labels: 
            'table': os.path.join(out_dir, f'metrics_{name}.md')}
   report = {'set': name, 'step': step, 'n': int(len(predictions.utt_ids)),
             'labels': list(labels), 'metrics': json_ready(by_level)}
-  _write_text(paths['metrics'], json.dumps(report, indent=2, allow_nan=False) + '\n')
-  _write_text(paths['table'], f'Evaluation set {name}, checkpoint step {step}\n\n'
+  atomic.write_text(paths['metrics'], json.dumps(report, indent=2, allow_nan=False) + '\n')
+  atomic.write_text(paths['table'], f'Evaluation set {name}, checkpoint step {step}\n\n'
               f'{metrics_table(by_level)}\n')
   return paths
-
-
-def _write_text(path: str, text: str) -> None:
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    f.write(text)
-  os.replace(tmp, path)
 
 
 def restore_for_eval(setup: RunSetup, which: str | int) -> int:

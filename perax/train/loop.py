@@ -25,6 +25,7 @@ from typing import Any, Callable, Optional
 
 import jax
 
+from perax import atomic
 from perax.progress import Progress
 from perax.train import data as data_lib
 from perax.train import evaluate as evaluate_lib
@@ -64,10 +65,7 @@ def _cut_jsonl(path: str, last_step: int) -> None:
     return
   with open(path, encoding='utf-8') as f:
     kept = [line for line in f if line.strip() and json.loads(line)['step'] <= last_step]
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    f.writelines(kept)
-  os.replace(tmp, path)
+  atomic.write_text(path, ''.join(kept))
 
 
 def _append_jsonl(path: str, record: dict) -> None:
