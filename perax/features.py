@@ -351,7 +351,8 @@ def bucket_for(num_samples: int) -> int:
   return BUCKET_SECONDS[-1]
 
 
-def encoder_frames_needed(feature_length: np.ndarray | int, max_frames: int = 3000) -> np.ndarray | int:
+def encoder_frames_needed(feature_length: np.ndarray | int,
+                          max_frames: int = MAX_SECONDS * FRAMES_PER_SECOND) -> np.ndarray | int:
   """The fewest padded feature frames for which the encoder sees what 30 s padding shows it.
 
   ``L + 1`` for even ``L`` (the valid conv frames read feature frame ``L``), ``L + 2`` for odd ``L``
