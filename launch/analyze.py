@@ -14,51 +14,70 @@ and report.html / report.md into --out_dir (perax.analysis.analyze).
 
 import sys
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
-from perax import cli
 from perax import analysis
-from perax import sparse_dense
-from perax import tables
+from perax.analysis import sparse_dense
+from perax.core import cli
+from perax.data import tables
 
 _HUMAN = flags.DEFINE_string('human', None, 'Human votes table (its human rows are used).')
 _PROXY = flags.DEFINE_string(
-    'proxy', None, 'Proxy votes table (its synthetic rows, or all rows if it has none) or score '
-    'table (utt_id, prompt_id, p_<label>).')
+  'proxy',
+  None,
+  'Proxy votes table (its synthetic rows, or all rows if it has none) or score '
+  'table (utt_id, prompt_id, p_<label>).',
+)
 _REFERENCE = flags.DEFINE_string(
-    'reference', None, 'Dense reference votes table; default: the human votes are the dense ones.')
+  'reference', None, 'Dense reference votes table; default: the human votes are the dense ones.'
+)
 _UTTERANCES = flags.DEFINE_string('utterances', None, 'Utterances table, for splits.')
 _CREMA_D = flags.DEFINE_string(
-    'crema_d', None, 'CREMA-D directory (tabulatedVotes.csv) instead of --human/--proxy: one rater '
-    'pool is the humans, another the proxy.')
-_CREMA_D_HUMAN = flags.DEFINE_enum('crema_d_human', 'voice', ['voice', 'face', 'audiovisual'],
-                                   'CREMA-D rater pool used as the humans.')
-_CREMA_D_PROXY = flags.DEFINE_enum('crema_d_proxy', 'face', ['voice', 'face', 'audiovisual'],
-                                   'CREMA-D rater pool used as the proxy.')
-_LABEL_SET = flags.DEFINE_string('label_set', None, 'Label set name or comma-separated labels.',
-                                 required=True)
+  'crema_d',
+  None,
+  'CREMA-D directory (tabulatedVotes.csv) instead of --human/--proxy: one rater '
+  'pool is the humans, another the proxy.',
+)
+_CREMA_D_HUMAN = flags.DEFINE_enum(
+  'crema_d_human', 'voice', ['voice', 'face', 'audiovisual'], 'CREMA-D rater pool used as the humans.'
+)
+_CREMA_D_PROXY = flags.DEFINE_enum(
+  'crema_d_proxy', 'face', ['voice', 'face', 'audiovisual'], 'CREMA-D rater pool used as the proxy.'
+)
+_LABEL_SET = flags.DEFINE_string(
+  'label_set', None, 'Label set name or comma-separated labels.', required=True
+)
 _LEVELS_FROM = flags.DEFINE_string(
-    'levels_from', 'train', "Split whose human-entropy tertiles set the ambiguity edges; 'all' for "
-    'every utterance (also used when no utterances table is given).')
-_SPARSE_K = flags.DEFINE_list('sparse_k', ['1', '2', '3', '4', '5'],
-                              'Human votes kept in the sparse-vs-dense study; empty to skip it.')
+  'levels_from',
+  'train',
+  "Split whose human-entropy tertiles set the ambiguity edges; 'all' for "
+  'every utterance (also used when no utterances table is given).',
+)
+_SPARSE_K = flags.DEFINE_list(
+  'sparse_k', ['1', '2', '3', '4', '5'], 'Human votes kept in the sparse-vs-dense study; empty to skip it.'
+)
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Seeded draws per k.', lower_bound=1)
 _BOOTSTRAP = flags.DEFINE_integer('bootstrap', 1000, 'Bootstrap resamples.', lower_bound=1)
-_CONFIDENCE = flags.DEFINE_float('confidence', 0.95, 'Coverage of the intervals.', lower_bound=0,
-                                 upper_bound=1)
+_CONFIDENCE = flags.DEFINE_float(
+  'confidence', 0.95, 'Coverage of the intervals.', lower_bound=0, upper_bound=1
+)
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of bootstrap, draws and subsampling.')
-_SYNTHETIC_WEIGHT = flags.DEFINE_float('synthetic_weight', 1.0,
-                                       'Weight of one proxy vote when pooling.', lower_bound=0)
-_MIXTURE_LAMBDA = flags.DEFINE_float('mixture_lambda', 0.5, 'Weight of the human distribution in '
-                                     'the mixture.', lower_bound=0, upper_bound=1)
-_KAPPA = flags.DEFINE_float('kappa', None, 'Dirichlet prior strength; default: fitted.',
-                            lower_bound=0)
+_SYNTHETIC_WEIGHT = flags.DEFINE_float(
+  'synthetic_weight', 1.0, 'Weight of one proxy vote when pooling.', lower_bound=0
+)
+_MIXTURE_LAMBDA = flags.DEFINE_float(
+  'mixture_lambda', 0.5, 'Weight of the human distribution in the mixture.', lower_bound=0, upper_bound=1
+)
+_KAPPA = flags.DEFINE_float('kappa', None, 'Dirichlet prior strength; default: fitted.', lower_bound=0)
 _DENSE_REFERENCE = flags.DEFINE_enum(
-    'dense_reference', sparse_dense.REMAINDER, list(sparse_dense.REFERENCES),
-    'Without --reference: score the sparse estimates against the remainder or all human votes.')
-_MAX_ITEMS = flags.DEFINE_integer('max_items', None, 'Analyse a seeded random subset of this many '
-                                  'utterances.', lower_bound=1)
+  'dense_reference',
+  sparse_dense.REMAINDER,
+  list(sparse_dense.REFERENCES),
+  'Without --reference: score the sparse estimates against the remainder or all human votes.',
+)
+_MAX_ITEMS = flags.DEFINE_integer(
+  'max_items', None, 'Analyse a seeded random subset of this many utterances.', lower_bound=1
+)
 _OUT_DIR = flags.DEFINE_string('out_dir', None, 'Output directory.', required=True)
 
 
@@ -78,8 +97,9 @@ def _inputs() -> analysis.Inputs:
   if _UTTERANCES.value:
     utterances = tables.read_utterances(_UTTERANCES.value)
     sources['utterances'] = _UTTERANCES.value
-  return analysis.Inputs(tables.read_votes(_HUMAN.value), proxy, reference, utterances, sources,
-                        proxy_path=_PROXY.value)
+  return analysis.Inputs(
+    tables.read_votes(_HUMAN.value), proxy, reference, utterances, sources, proxy_path=_PROXY.value
+  )
 
 
 def main(argv):
@@ -89,11 +109,18 @@ def main(argv):
   if _MAX_ITEMS.value:
     inputs = analysis.subsample(inputs, _MAX_ITEMS.value, _SEED.value)
   settings = analysis.Settings(
-      label_set=_LABEL_SET.value, levels_from=_LEVELS_FROM.value,
-      sparse_k=tuple(int(k) for k in _SPARSE_K.value), repeats=_REPEATS.value,
-      bootstrap=_BOOTSTRAP.value, confidence=_CONFIDENCE.value, seed=_SEED.value,
-      synthetic_weight=_SYNTHETIC_WEIGHT.value, mixture_lambda=_MIXTURE_LAMBDA.value,
-      kappa=_KAPPA.value, dense_reference=_DENSE_REFERENCE.value)
+    label_set=_LABEL_SET.value,
+    levels_from=_LEVELS_FROM.value,
+    sparse_k=tuple(int(k) for k in _SPARSE_K.value),
+    repeats=_REPEATS.value,
+    bootstrap=_BOOTSTRAP.value,
+    confidence=_CONFIDENCE.value,
+    seed=_SEED.value,
+    synthetic_weight=_SYNTHETIC_WEIGHT.value,
+    mixture_lambda=_MIXTURE_LAMBDA.value,
+    kappa=_KAPPA.value,
+    dense_reference=_DENSE_REFERENCE.value,
+  )
   analysis.analyze(inputs, settings, _OUT_DIR.value, command=' '.join(sys.argv))
 
 

@@ -8,34 +8,42 @@ Writes <out_dir>/wav/*.wav (augmented examples, 16 kHz), utterances.parquet (ori
 with provenance columns), distributions.parquet (p_<label> targets) and plan.parquet (the plan).
 """
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
-from perax import augmented_set
-from perax import cli
-from perax import dime_aug
-from perax.tables import read_table, read_utterances
+from perax.augment import augmented_set, dime_aug
+from perax.core import cli
+from perax.data.tables import read_table, read_utterances
 
-_MANIFEST = flags.DEFINE_string('manifest', None, 'utterances.parquet of the corpus.',
-                                required=True)
-_DISTRIBUTIONS = flags.DEFINE_string('distributions', None,
-                                     'distributions.parquet (utt_id, p_<label> targets).',
-                                     required=True)
+_MANIFEST = flags.DEFINE_string('manifest', None, 'utterances.parquet of the corpus.', required=True)
+_DISTRIBUTIONS = flags.DEFINE_string(
+  'distributions', None, 'distributions.parquet (utt_id, p_<label> targets).', required=True
+)
 _SPLIT = flags.DEFINE_string('split', 'train', 'The split to balance (anchors and partners).')
-_BALANCE = flags.DEFINE_enum('balance', 'classes', dime_aug.BALANCES,
-                             'Balance dominant emotions, or emotion x ambiguity cells.')
-_SIZE = flags.DEFINE_integer('size', None, 'Examples wanted in all (originals included); default: '
-                             'every class (cell) up to the largest.')
-_VARIANT = flags.DEFINE_enum('variant', dime_aug.CONCAT, dime_aug.VARIANTS,
-                             'concat (anchor, gap, partner) or mixup (overlay).')
-_MIXUP_ALPHA = flags.DEFINE_float('mixup_alpha', dime_aug.MixConfig.mixup_alpha,
-                                  'Beta(alpha, alpha) of the mixup weight.')
+_BALANCE = flags.DEFINE_enum(
+  'balance', 'classes', dime_aug.BALANCES, 'Balance dominant emotions, or emotion x ambiguity cells.'
+)
+_SIZE = flags.DEFINE_integer(
+  'size', None, 'Examples wanted in all (originals included); default: every class (cell) up to the largest.'
+)
+_VARIANT = flags.DEFINE_enum(
+  'variant', dime_aug.CONCAT, dime_aug.VARIANTS, 'concat (anchor, gap, partner) or mixup (overlay).'
+)
+_MIXUP_ALPHA = flags.DEFINE_float(
+  'mixup_alpha', dime_aug.MixConfig.mixup_alpha, 'Beta(alpha, alpha) of the mixup weight.'
+)
 _SEED = flags.DEFINE_integer('seed', 0, 'Seeds every random choice.')
-_EDGES = flags.DEFINE_list('edges', None, 'Ambiguity edges e1,e2 of the normalised entropy; '
-                           'default: tertiles of the --edges_split targets.')
+_EDGES = flags.DEFINE_list(
+  'edges',
+  None,
+  'Ambiguity edges e1,e2 of the normalised entropy; default: tertiles of the --edges_split targets.',
+)
 _EDGES_SPLIT = flags.DEFINE_string('edges_split', 'train', 'Split whose tertiles give the edges.')
-_EVAL_SET = flags.DEFINE_bool('eval_set', False, 'Build the balanced evaluation set of --split '
-                              '(originals first, augmented fill deficits; no speaker leaks).')
+_EVAL_SET = flags.DEFINE_bool(
+  'eval_set',
+  False,
+  'Build the balanced evaluation set of --split '
+  '(originals first, augmented fill deficits; no speaker leaks).',
+)
 _OUT_DIR = flags.DEFINE_string('out_dir', None, 'Output directory.', required=True)
 
 
@@ -44,10 +52,18 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   edges = tuple(float(e) for e in _EDGES.value) if _EDGES.value else None
   paths = augmented_set.augment(
-      read_utterances(_MANIFEST.value), read_table(_DISTRIBUTIONS.value), _OUT_DIR.value,
-      split=_SPLIT.value, balance=_BALANCE.value, size=_SIZE.value, seed=_SEED.value,
-      config=dime_aug.MixConfig(variant=_VARIANT.value, mixup_alpha=_MIXUP_ALPHA.value),
-      edges=edges, edges_split=_EDGES_SPLIT.value, eval_set=_EVAL_SET.value)
+    read_utterances(_MANIFEST.value),
+    read_table(_DISTRIBUTIONS.value),
+    _OUT_DIR.value,
+    split=_SPLIT.value,
+    balance=_BALANCE.value,
+    size=_SIZE.value,
+    seed=_SEED.value,
+    config=dime_aug.MixConfig(variant=_VARIANT.value, mixup_alpha=_MIXUP_ALPHA.value),
+    edges=edges,
+    edges_split=_EDGES_SPLIT.value,
+    eval_set=_EVAL_SET.value,
+  )
   print('wrote', ', '.join(paths.values()))
 
 

@@ -6,16 +6,14 @@
 Each benchmark's own flags are defined in its module under perax/benchmarks/.
 """
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
 from perax.benchmarks import pipeline as pipeline_bench
 from perax.benchmarks import votes as votes_bench
 
 BENCHMARKS = {'votes': votes_bench.run, 'pipeline': pipeline_bench.run}
 
-_BENCH = flags.DEFINE_enum('bench', None, sorted(BENCHMARKS), 'Which benchmark to run.',
-                           required=True)
+_BENCH = flags.DEFINE_enum('bench', None, sorted(BENCHMARKS), 'Which benchmark to run.', required=True)
 
 
 def main(argv):

@@ -6,18 +6,23 @@
 See perax.models.convert for what is read, checked and written.
 """
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
-from perax import cli
+from perax.core import cli
 from perax.models import convert
 
-_HF_DIR = flags.DEFINE_string('hf_dir', None, 'HF checkpoint directory (config.json, safetensors, '
-                              'tokenizer and processor files).', required=True)
-_OUT_DIR = flags.DEFINE_string('out_dir', None, 'Directory to create for the converted checkpoint.',
-                               required=True)
-_DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
-                           'Stored parameter dtype; each tensor is cast as it is read.')
+_HF_DIR = flags.DEFINE_string(
+  'hf_dir',
+  None,
+  'HF checkpoint directory (config.json, safetensors, tokenizer and processor files).',
+  required=True,
+)
+_OUT_DIR = flags.DEFINE_string(
+  'out_dir', None, 'Directory to create for the converted checkpoint.', required=True
+)
+_DTYPE = flags.DEFINE_enum(
+  'dtype', 'float32', ['float32', 'bfloat16'], 'Stored parameter dtype; each tensor is cast as it is read.'
+)
 
 
 def main(argv):

@@ -8,21 +8,21 @@ ambiguity level) and metrics_<set>.md under --out_dir (default <workdir>/eval_<s
 the tables. The work is perax.train.evaluate.evaluate_checkpoint.
 """
 
-from absl import app
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
-from perax import cli
+from perax.core import cli
 from perax.train import evaluate
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'The run\'s training config file.',
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'The training run\'s directory.', required=True)
-_CHECKPOINT = flags.DEFINE_string('checkpoint', 'best',
-                                  "'best' (by the dev metric), 'latest', or a step number.")
+_CONFIG = config_flags.DEFINE_config_file('config', None, "The run's training config file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, "The training run's directory.", required=True)
+_CHECKPOINT = flags.DEFINE_string(
+  'checkpoint', 'best', "'best' (by the dev metric), 'latest', or a step number."
+)
 _OUT_DIR = flags.DEFINE_string('out_dir', None, 'Output directory (default <workdir>/eval_<step>).')
-_BALANCED = flags.DEFINE_bool('balanced', True,
-                              'Also evaluate the DiME-Aug balanced set built from the test split.')
+_BALANCED = flags.DEFINE_bool(
+  'balanced', True, 'Also evaluate the DiME-Aug balanced set built from the test split.'
+)
 flags.mark_flag_as_required('config')
 
 
@@ -30,9 +30,13 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   which = _CHECKPOINT.value
-  evaluate.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value,
-                               which=int(which) if which.isdigit() else which,
-                               out_dir=_OUT_DIR.value, balanced=_BALANCED.value)
+  evaluate.evaluate_checkpoint(
+    _CONFIG.value,
+    _WORKDIR.value,
+    which=int(which) if which.isdigit() else which,
+    out_dir=_OUT_DIR.value,
+    balanced=_BALANCED.value,
+  )
 
 
 if __name__ == '__main__':

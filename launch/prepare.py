@@ -7,55 +7,78 @@
       --out_dir=runs/mine
 """
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
-from perax import cli
-from perax import corpora
+from perax.core import cli
+from perax.data import corpora
 
 _CORPUS = flags.DEFINE_enum('corpus', None, corpora.CORPORA, 'Which corpus to load.', required=True)
 _CORPUS_PATH = flags.DEFINE_string(
-    'corpus_path', None, 'Corpus directory or manifest; for demo, where it is (or is generated: '
-    'default <out_dir>/demo_corpus).')
+  'corpus_path',
+  None,
+  'Corpus directory or manifest; for demo, where it is (or is generated: default <out_dir>/demo_corpus).',
+)
 _OUT_DIR = flags.DEFINE_string('out_dir', None, 'Output directory.', required=True)
 _LABEL_SET = flags.DEFINE_string(
-    'label_set', None, 'Label set (name or comma-separated labels) whose coverage is reported.')
+  'label_set', None, 'Label set (name or comma-separated labels) whose coverage is reported.'
+)
 _LENIENT = flags.DEFINE_bool('lenient', False, 'Skip and count malformed input instead of failing.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the demo corpus and of speaker splits.')
-_CREMA_MODALITY = flags.DEFINE_enum('crema_modality', 'voice', ['voice', 'face', 'audiovisual'],
-                                    'CREMA-D rater pool whose votes are the corpus votes.')
+_CREMA_MODALITY = flags.DEFINE_enum(
+  'crema_modality',
+  'voice',
+  ['voice', 'face', 'audiovisual'],
+  'CREMA-D rater pool whose votes are the corpus votes.',
+)
 _CREMA_REFERENCE = flags.DEFINE_enum(
-    'crema_reference_modality', None, ['voice', 'face', 'audiovisual'],
-    'CREMA-D rater pool written as reference_votes.parquet (none by default).')
-_IEMOCAP_SELF = flags.DEFINE_bool('iemocap_self_evaluations', False,
-                                  'Count the IEMOCAP actors\' self-evaluations as votes.')
+  'crema_reference_modality',
+  None,
+  ['voice', 'face', 'audiovisual'],
+  'CREMA-D rater pool written as reference_votes.parquet (none by default).',
+)
+_IEMOCAP_SELF = flags.DEFINE_bool(
+  'iemocap_self_evaluations', False, "Count the IEMOCAP actors' self-evaluations as votes."
+)
 _IEMOCAP_TEST = flags.DEFINE_integer('iemocap_test_session', 5, 'IEMOCAP session used as test.')
-_IEMOCAP_DEV = flags.DEFINE_integer('iemocap_dev_session', None,
-                                    'IEMOCAP session used as dev (none by default).')
-_MANIFEST_VOTES = flags.DEFINE_string('manifest_votes', None,
-                                      'Votes table(s) of a manifest corpus, comma-separated.')
+_IEMOCAP_DEV = flags.DEFINE_integer(
+  'iemocap_dev_session', None, 'IEMOCAP session used as dev (none by default).'
+)
+_MANIFEST_VOTES = flags.DEFINE_string(
+  'manifest_votes', None, 'Votes table(s) of a manifest corpus, comma-separated.'
+)
 _EMODB_UNRECOGNISED = flags.DEFINE_string(
-    'emodb_unrecognised_label', None,
-    'Label voted by EmoDB listeners who missed the intended emotion (left out by default).')
+  'emodb_unrecognised_label',
+  None,
+  'Label voted by EmoDB listeners who missed the intended emotion (left out by default).',
+)
 
 
 def _options() -> dict:
   """The chosen corpus's loader options, from its flags."""
   return {
-      'crema_d': {'modality': _CREMA_MODALITY.value,
-                  'reference_modality': _CREMA_REFERENCE.value},
-      'iemocap': {'self_evaluations': _IEMOCAP_SELF.value,
-                  'test_session': _IEMOCAP_TEST.value, 'dev_session': _IEMOCAP_DEV.value},
-      'manifest': {'votes': _MANIFEST_VOTES.value},
-      'emodb': {'unrecognised_label': _EMODB_UNRECOGNISED.value},
+    'crema_d': {'modality': _CREMA_MODALITY.value, 'reference_modality': _CREMA_REFERENCE.value},
+    'iemocap': {
+      'self_evaluations': _IEMOCAP_SELF.value,
+      'test_session': _IEMOCAP_TEST.value,
+      'dev_session': _IEMOCAP_DEV.value,
+    },
+    'manifest': {'votes': _MANIFEST_VOTES.value},
+    'emodb': {'unrecognised_label': _EMODB_UNRECOGNISED.value},
   }.get(_CORPUS.value, {})
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  corpora.prepare(_CORPUS.value, _CORPUS_PATH.value, _OUT_DIR.value, label_set=_LABEL_SET.value,
-                  lenient=_LENIENT.value, seed=_SEED.value, **_options())
+  corpora.prepare(
+    _CORPUS.value,
+    _CORPUS_PATH.value,
+    _OUT_DIR.value,
+    label_set=_LABEL_SET.value,
+    lenient=_LENIENT.value,
+    seed=_SEED.value,
+    **_options(),
+  )
 
 
 if __name__ == '__main__':

@@ -9,17 +9,16 @@ Writes <workdir>/metrics.jsonl (one line per step), <workdir>/dev_metrics.jsonl 
 checkpoints under <workdir>/checkpoints; run it again on the same workdir to resume.
 """
 
-from absl import app
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
-from perax import cli
+from perax.core import cli
 from perax.train import loop
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Training config file (configs/*.py).',
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (metrics, checkpoints).',
-                               required=True)
+_CONFIG = config_flags.DEFINE_config_file(
+  'config', None, 'Training config file (configs/*.py).', lock_config=True
+)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (metrics, checkpoints).', required=True)
 flags.mark_flag_as_required('config')
 
 
@@ -27,8 +26,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   result = loop.train(_CONFIG.value, _WORKDIR.value)
-  print(f'trained steps {result.start_step + 1}..{result.final_step}; best checkpoint: step '
-        f'{result.best_step}; metrics in {_WORKDIR.value}')
+  print(
+    f'trained steps {result.start_step + 1}..{result.final_step}; best checkpoint: step '
+    f'{result.best_step}; metrics in {_WORKDIR.value}'
+  )
 
 
 if __name__ == '__main__':

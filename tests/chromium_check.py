@@ -7,8 +7,16 @@ import subprocess
 
 import pytest
 
-CHROMIUM_FLAGS = ('--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-                  '--disable-background-networking', '--disable-component-update', '--disable-sync')
+CHROMIUM_FLAGS = (
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+)
 
 
 def rendered_body(html_path: pathlib.Path, tmp_path: pathlib.Path) -> str:
@@ -20,8 +28,12 @@ def rendered_body(html_path: pathlib.Path, tmp_path: pathlib.Path) -> str:
   if chromium is None:
     pytest.skip('chromium not installed (CI installs it: apt-get install chromium)')
   result = subprocess.run(
-      [chromium, *CHROMIUM_FLAGS, f'--user-data-dir={tmp_path / "profile"}', '--dump-dom',
-       html_path.as_uri()], capture_output=True, text=True, timeout=120, check=True)
+    [chromium, *CHROMIUM_FLAGS, f'--user-data-dir={tmp_path / "profile"}', '--dump-dom', html_path.as_uri()],
+    capture_output=True,
+    text=True,
+    timeout=120,
+    check=True,
+  )
   match = re.search(r'<body[^>]*>', result.stdout)
   assert match, result.stdout[-2000:] + result.stderr[-2000:]
   return match.group(0)

@@ -1,6 +1,7 @@
 """The statistical analysis: bootstrap, Wilcoxon, alignment, sparse-vs-dense, and a CREMA-D run."""
 
 import csv
+import itertools
 import json
 import pathlib
 import subprocess
@@ -13,13 +14,12 @@ import pytest
 import scipy.spatial.distance
 import scipy.stats
 
-from perax import analysis
-from perax import distributions
-from perax import labels as labels_lib
-from perax import metrics
-from perax import sparse_dense
-from perax import tables
-from perax.errors import InputError
+from perax import analysis, distributions
+from perax.analysis import sparse_dense
+from perax.core.errors import InputError
+from perax.data import labels as labels_lib
+from perax.data import tables
+from perax.distributions import metrics
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LABELS = labels_lib.get_label_set('iemocap4')
@@ -34,17 +34,25 @@ def _true_distributions(n: int, rng: np.random.Generator) -> np.ndarray:
   return np.stack([rng.dirichlet(a) for a in alpha])
 
 
-def _votes(p: np.ndarray, votes_per_utt: int, rng: np.random.Generator, prefix: str,
-           source: str = tables.HUMAN, first_rater: int = 0) -> pa.Table:
+def _votes(
+  p: np.ndarray,
+  votes_per_utt: int,
+  rng: np.random.Generator,
+  prefix: str,
+  source: str = tables.HUMAN,
+  first_rater: int = 0,
+) -> pa.Table:
   """A votes table with ``votes_per_utt`` raters per utterance sampling labels from ``p``."""
   n = len(p)
   draws = (rng.random((n, votes_per_utt, 1)) > np.cumsum(p, -1)[:, None, :-1]).sum(-1)
-  return tables.votes_table({
+  return tables.votes_table(
+    {
       'utt_id': np.repeat([f'utt{i:04d}' for i in range(n)], votes_per_utt),
       'rater': np.tile([f'{prefix}{j + first_rater}' for j in range(votes_per_utt)], n),
       'source': [source] * (n * votes_per_utt),
       'label': np.asarray(LABELS.labels)[draws.ravel()],
-  })
+    }
+  )
 
 
 def _scores(p: np.ndarray) -> pa.Table:
@@ -84,8 +92,9 @@ def test_weighted_metrics_with_unit_weights_equal_perax_metrics(planted):
     np.testing.assert_allclose(mine[name][0], expected[name], rtol=1e-9, err_msg=name)
   entropy_ref = distributions.normalized_entropy(ref[0])
   entropy_pred = distributions.normalized_entropy(pred[0])
-  np.testing.assert_allclose(mine['entropy_spearman'][0],
-                             scipy.stats.spearmanr(entropy_ref, entropy_pred).statistic, rtol=1e-9)
+  np.testing.assert_allclose(
+    mine['entropy_spearman'][0], scipy.stats.spearmanr(entropy_ref, entropy_pred).statistic, rtol=1e-9
+  )
 
 
 def test_bootstrap_weights_equal_explicit_resampling(planted):
@@ -117,8 +126,13 @@ def _interval(n: int, seed: int) -> tuple[float, float, float]:
   rng = np.random.default_rng(seed)
   truth = _true_distributions(n, rng)
   ref = np.stack([rng.multinomial(8, p) for p in truth])[None] / 8.0
-  rows, _ = analysis.score_condition(ref, truth[None], analysis.bootstrap_weights(n, 400, rng),
-                                     ('js_divergence', 'r2', 'entropy_spearman'), 0.95)
+  rows, _ = analysis.score_condition(
+    ref,
+    truth[None],
+    analysis.bootstrap_weights(n, 400, rng),
+    ('js_divergence', 'r2', 'entropy_spearman'),
+    0.95,
+  )
   return {row['metric']: (row['value'], row['ci_low'], row['ci_high']) for row in rows}
 
 
@@ -166,7 +180,8 @@ def test_wilcoxon_without_differences_is_p_one():
 
 
 def test_rater_units_keep_multi_label_raters_whole_and_report_outside_votes():
-  votes = tables.votes_table([
+  votes = tables.votes_table(
+    [
       dict(utt_id='a', rater='r1', source='human', label='happy', weight=0.5),
       dict(utt_id='a', rater='r1', source='human', label='sad', weight=0.5),
       dict(utt_id='a', rater='r2', source='human', label='angry'),
@@ -174,7 +189,8 @@ def test_rater_units_keep_multi_label_raters_whole_and_report_outside_votes():
       dict(utt_id='b', rater='r1', source='human', label='invalid'),
       dict(utt_id='b', rater='r2', source='human', label='excited'),
       dict(utt_id='z', rater='r1', source='human', label='happy'),
-  ])
+    ]
+  )
   units = sparse_dense.rater_votes(votes, LABELS, ['a', 'b'])
   np.testing.assert_array_equal(units.raters_per_utt, [2, 1])
   np.testing.assert_allclose(units.counts(), [[0, 0.5, 0.5, 1], [0, 1, 0, 0]])
@@ -200,11 +216,21 @@ def test_draws_are_nested_and_split_the_votes(dense_corpus):
 
 @pytest.fixture(scope='module')
 def sparse_study(dense_corpus):
-  truth, votes, scores = dense_corpus
+  _truth, votes, scores = dense_corpus
   evidence = analysis.gather_evidence(votes, scores, LABELS)
   combination = analysis.fitted_combination(evidence, None, 1.0, 0.5, None)
-  return analysis.sparse_vs_dense(evidence, votes, LABELS, combination, (1, 2, 3, 4, 5), repeats=3,
-                                  resamples=50, confidence=0.95, seed=0, levels_from=None)
+  return analysis.sparse_vs_dense(
+    evidence,
+    votes,
+    LABELS,
+    combination,
+    (1, 2, 3, 4, 5),
+    repeats=3,
+    resamples=50,
+    confidence=0.95,
+    seed=0,
+    levels_from=None,
+  )
 
 
 def _value(rows, **where):
@@ -218,19 +244,25 @@ def test_sparse_error_falls_with_k_and_the_true_proxy_helps_most_at_small_k(spar
   assert sparse_study.ks == (1, 2, 3, 4, 5) and sparse_study.n_items == 300
   assert all(set(row) == set(analysis.SPARSE_COLUMNS) for row in rows)
   for level in ('low', 'medium', 'high', 'all'):
-    human = [_value(rows, k=k, condition='human', level=level, metric='js_divergence')
-             for k in range(1, 6)]
-    assert all(a > b for a, b in zip(human, human[1:])), (level, human)
+    human = [_value(rows, k=k, condition='human', level=level, metric='js_divergence') for k in range(1, 6)]
+    assert all(a > b for a, b in itertools.pairwise(human)), (level, human)
   gains = {}
   for condition in analysis.COMBINED:
     gains[condition] = [
-        _value(rows, k=k, condition='human', level='all', metric='js_divergence')
-        - _value(rows, k=k, condition=condition, level='all', metric='js_divergence')
-        for k in range(1, 6)]
+      _value(rows, k=k, condition='human', level='all', metric='js_divergence')
+      - _value(rows, k=k, condition=condition, level='all', metric='js_divergence')
+      for k in range(1, 6)
+    ]
     assert gains[condition][0] > 0, condition
     assert gains[condition][0] > gains[condition][-1], (condition, gains[condition])
-  tests = [t for t in sparse_study.wilcoxon if t['k'] == 1 and t['level'] == 'all'
-           and t['metric'] == 'js_divergence' and t['condition'] == 'dirichlet']
+  tests = [
+    t
+    for t in sparse_study.wilcoxon
+    if t['k'] == 1
+    and t['level'] == 'all'
+    and t['metric'] == 'js_divergence'
+    and t['condition'] == 'dirichlet'
+  ]
   assert tests[0]['p_value'] < 1e-6 and tests[0]['median_difference'] < 0
 
 
@@ -241,42 +273,65 @@ def test_alignment_against_a_separate_reference(dense_corpus):
   reference = _votes(truth, 30, rng, 'dense')
   evidence = analysis.gather_evidence(human, scores, LABELS, reference)
   levels = distributions.ambiguity_levels(
-      distributions.normalized_entropy(distributions.to_distribution(evidence.n_h)),
-      (0.3, 0.6))
+    distributions.normalized_entropy(distributions.to_distribution(evidence.n_h)), (0.3, 0.6)
+  )
   combination = analysis.fitted_combination(evidence, None, 1.0, 0.5, None)
   result = analysis.alignment(evidence, levels, combination, 100, 0.95, seed=0)
-  assert {r['condition'] for r in result.rows} == {'human', 'proxy', 'pooled', 'mixture',
-                                                   'dirichlet'}
+  assert {r['condition'] for r in result.rows} == {'human', 'proxy', 'pooled', 'mixture', 'dirichlet'}
   human_js = _value(result.rows, condition='human', level='all', metric='js_divergence')
   proxy_js = _value(result.rows, condition='proxy', level='all', metric='js_divergence')
   assert proxy_js < human_js
   np.testing.assert_allclose(
-      proxy_js, metrics.js_divergence(distributions.to_distribution(evidence.n_ref), truth).mean())
+    proxy_js, metrics.js_divergence(distributions.to_distribution(evidence.n_ref), truth).mean()
+  )
   assert {t['condition'] for t in result.wilcoxon} == {'proxy', 'pooled', 'mixture', 'dirichlet'}
 
 
 def test_launcher_writes_tables_plots_and_report(dense_corpus, tmp_path):
   truth, _, scores = dense_corpus
   rng = np.random.default_rng(12)
-  paths = {'human': tmp_path / 'votes.parquet', 'proxy': tmp_path / 'scores.parquet',
-           'reference': tmp_path / 'reference.parquet', 'utterances': tmp_path / 'utts.parquet'}
+  paths = {
+    'human': tmp_path / 'votes.parquet',
+    'proxy': tmp_path / 'scores.parquet',
+    'reference': tmp_path / 'reference.parquet',
+    'utterances': tmp_path / 'utts.parquet',
+  }
   tables.write_table(_votes(truth, 4, rng, 'h'), paths['human'])
   tables.write_table(scores, paths['proxy'])
   tables.write_table(_votes(truth, 30, rng, 'd'), paths['reference'])
   ids = [f'utt{i:04d}' for i in range(len(truth))]
-  tables.write_table(tables.utterances_table({
-      'utt_id': ids, 'split': ['train', 'train', 'test'] * (len(ids) // 3)}), paths['utterances'])
+  tables.write_table(
+    tables.utterances_table({'utt_id': ids, 'split': ['train', 'train', 'test'] * (len(ids) // 3)}),
+    paths['utterances'],
+  )
   out = tmp_path / 'out'
   result = subprocess.run(
-      [sys.executable, str(REPO / 'launch' / 'analyze.py'), '--label_set=iemocap4',
-       *(f'--{name}={path}' for name, path in paths.items()), '--sparse_k=1,2,3', '--repeats=2',
-       '--bootstrap=50', f'--out_dir={out}'], capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      str(REPO / 'launch' / 'analyze.py'),
+      '--label_set=iemocap4',
+      *(f'--{name}={path}' for name, path in paths.items()),
+      '--sparse_k=1,2,3',
+      '--repeats=2',
+      '--bootstrap=50',
+      f'--out_dir={out}',
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   for name in ('alignment', 'sparse_dense', 'wilcoxon', 'levels'):
     for ext in ('csv', 'md', 'json'):
       assert (out / f'{name}.{ext}').stat().st_size > 0
-  for name in ('ambiguity_histogram', 'alignment_by_level', 'examples', 'majority_confusion',
-               'sparse_dense_js_divergence', 'sparse_dense_kl'):
+  for name in (
+    'ambiguity_histogram',
+    'alignment_by_level',
+    'examples',
+    'majority_confusion',
+    'sparse_dense_js_divergence',
+    'sparse_dense_kl',
+  ):
     assert (out / f'{name}.png').read_bytes().startswith(b'\x89PNG')
   summary = json.loads((out / 'summary.json').read_text())
   assert summary['edges_from'] == 'tertiles of split train (200 utterances)'
@@ -286,7 +341,7 @@ def test_launcher_writes_tables_plots_and_report(dense_corpus, tmp_path):
 
 
 def test_bad_scores_name_the_file(dense_corpus, tmp_path):
-  truth, votes, scores = dense_corpus
+  _truth, votes, scores = dense_corpus
   broken = scores.drop_columns(['p_sad'])
   inputs = analysis.Inputs(votes, broken, proxy_path='/data/scores.parquet')
   with pytest.raises(InputError, match='/data/scores.parquet.*p_sad'):
@@ -300,15 +355,17 @@ def test_bad_scores_name_the_file(dense_corpus, tmp_path):
 def _crema_counts(path: pathlib.Path, digit: str, clips: set) -> dict:
   """clip -> counts in crema_d label-set order (angry disgust fear happy neutral sad), via csv."""
   with open(path / 'tabulatedVotes.csv', newline='') as f:
-    return {row['fileName']: np.array([float(row[c]) for c in 'ADFHNS'])
-            for row in csv.DictReader(f) if row[''].startswith(digit) and row['fileName'] in clips}
+    return {
+      row['fileName']: np.array([float(row[c]) for c in 'ADFHNS'])
+      for row in csv.DictReader(f)
+      if row[''].startswith(digit) and row['fileName'] in clips
+    }
 
 
 def test_crema_d_subsample_runs_fast_and_writes_alignment_csv(crema_d_dir, tmp_path):
   inputs = analysis.subsample(analysis.crema_d_inputs(str(crema_d_dir)), 600, seed=0)
   started = time.perf_counter()
-  outputs = analysis.analyze(inputs, analysis.Settings('crema_d', repeats=2, bootstrap=200),
-                             str(tmp_path))
+  outputs = analysis.analyze(inputs, analysis.Settings('crema_d', repeats=2, bootstrap=200), str(tmp_path))
   elapsed = time.perf_counter() - started
   assert elapsed < 60, elapsed  # a few seconds on an idle 2-core machine
   with open(outputs.tables['alignment']['csv'], newline='') as f:
@@ -316,17 +373,28 @@ def test_crema_d_subsample_runs_fast_and_writes_alignment_csv(crema_d_dir, tmp_p
     assert reader.fieldnames == ['condition', 'level', 'metric', 'value', 'ci_low', 'ci_high', 'n']
     rows = list(reader)
   with open(outputs.tables['sparse_dense']['csv'], newline='') as f:
-    assert csv.DictReader(f).fieldnames == ['k', 'condition', 'level', 'metric', 'value', 'ci_low',
-                                            'ci_high', 'n']
+    assert csv.DictReader(f).fieldnames == [
+      'k',
+      'condition',
+      'level',
+      'metric',
+      'value',
+      'ci_low',
+      'ci_high',
+      'n',
+    ]
   by_key = {(r['condition'], r['level'], r['metric']): r for r in rows}
   overall = by_key[('proxy', 'all', 'js_divergence')]
   assert int(overall['n']) == 600
-  assert sum(int(by_key[('proxy', level, 'js_divergence')]['n'])
-             for level in ('low', 'medium', 'high')) == 600
+  assert (
+    sum(int(by_key[('proxy', level, 'js_divergence')]['n']) for level in ('low', 'medium', 'high')) == 600
+  )
   clips = set(tables.column(inputs.human, 'utt_id'))
   voice = _crema_counts(crema_d_dir, '1', clips)
   face = _crema_counts(crema_d_dir, '2', clips)
-  js = [scipy.spatial.distance.jensenshannon(voice[c] / voice[c].sum(), face[c] / face[c].sum(),
-                                             base=2) ** 2 for c in sorted(clips)]
+  js = [
+    scipy.spatial.distance.jensenshannon(voice[c] / voice[c].sum(), face[c] / face[c].sum(), base=2) ** 2
+    for c in sorted(clips)
+  ]
   assert float(overall['value']) == pytest.approx(np.mean(js), rel=1e-9)
   assert float(overall['ci_low']) < float(overall['value']) < float(overall['ci_high'])

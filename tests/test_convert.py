@@ -15,14 +15,11 @@ import numpy as np
 import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec
-from safetensors import safe_open
 from safetensors import numpy as safetensors_numpy
+from safetensors import safe_open
 
-from perax.errors import InputError
-from perax.models import convert
-from perax.models import loading
-from perax.models import sharding
-from perax.models import tiny
+from perax.core.errors import InputError
+from perax.models import convert, loading, sharding, tiny
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -50,8 +47,7 @@ def rewrite(source, target, tensors, config_update=None) -> pathlib.Path:
 
 
 def parameters(model) -> dict[str, np.ndarray]:
-  return {name: np.asarray(variable[...])
-          for name, variable in convert.flat_variables(nnx.state(model))}
+  return {name: np.asarray(variable[...]) for name, variable in convert.flat_variables(nnx.state(model))}
 
 
 @pytest.fixture(scope='module')
@@ -82,17 +78,31 @@ def test_every_tensor_maps_through_the_table_with_its_transform(hf_dir, referenc
       np.testing.assert_array_equal(value.reshape(tensor.shape), tensor)
   heads, head_dim = config.text.num_attention_heads, config.text.head_dim
   assert params['language_model.layers.0.self_attn.q_proj.kernel'].shape == (
-      config.text.hidden_size, heads, head_dim)
+    config.text.hidden_size,
+    heads,
+    head_dim,
+  )
   assert params['language_model.layers.0.self_attn.o_proj.kernel'].shape == (
-      heads, head_dim, config.text.hidden_size)
+    heads,
+    head_dim,
+    config.text.hidden_size,
+  )
   assert convert.perax_path('model.audio_tower.layers.0.self_attn.k_proj.bias') is None
 
 
 def test_converted_directory_round_trips_and_loads_the_processor(hf_dir, reference, tmp_path):
   out = convert.convert_checkpoint(hf_dir, tmp_path / 'converted', progress=False)
   names = {path.name for path in out.iterdir()}
-  assert {'state', 'config.json', 'perax.json', 'tokenizer.json', 'tokenizer_config.json',
-          'preprocessor_config.json', 'generation_config.json', 'chat_template.jinja'} <= names
+  assert {
+    'state',
+    'config.json',
+    'perax.json',
+    'tokenizer.json',
+    'tokenizer_config.json',
+    'preprocessor_config.json',
+    'generation_config.json',
+    'chat_template.jinja',
+  } <= names
   info = json.loads((out / 'perax.json').read_text())
   assert info['dtype'] == 'float32' and info['format_version'] == convert.FORMAT_VERSION
   model, config, processor = loading.load_model(out)
@@ -129,15 +139,16 @@ def test_bfloat16_conversion_casts_each_tensor(hf_dir, reference, tmp_path):
 def test_sharded_and_legacy_layouts_give_the_same_parameters(hf_dir, reference, tmp_path):
   sharded = tiny.make_tiny_checkpoint(tmp_path / 'sharded', seed=1, shards=3)
   legacy_names = {
-      'model.audio_tower.': 'audio_tower.',
-      'model.multi_modal_projector.': 'multi_modal_projector.',
-      'model.language_model.': 'language_model.model.',
-      'lm_head.': 'language_model.lm_head.'}
+    'model.audio_tower.': 'audio_tower.',
+    'model.multi_modal_projector.': 'multi_modal_projector.',
+    'model.language_model.': 'language_model.model.',
+    'lm_head.': 'language_model.lm_head.',
+  }
 
   def legacy(name):
     for new, old in legacy_names.items():
       if name.startswith(new):
-        return old + name[len(new):]
+        return old + name[len(new) :]
     return name
 
   tensors = read_tensors(hf_dir)
@@ -153,8 +164,11 @@ def test_missing_tensor_is_named(hf_dir, tmp_path):
   tensors = read_tensors(hf_dir)
   del tensors['model.language_model.layers.1.mlp.up_proj.weight']
   broken = rewrite(hf_dir, tmp_path / 'missing', tensors)
-  with pytest.raises(InputError, match=r'missing 1 tensors: '
-                     r'model\.language_model\.layers\.1\.mlp\.up_proj\.weight \[64, 32\]') as error:
+  with pytest.raises(
+    InputError,
+    match=r'missing 1 tensors: '
+    r'model\.language_model\.layers\.1\.mlp\.up_proj\.weight \[64, 32\]',
+  ) as error:
     loading.load_model(broken, with_processor=False)
   assert error.value.path == str(broken)
 
@@ -163,8 +177,11 @@ def test_unexpected_tensor_is_named_with_its_file(hf_dir, tmp_path):
   tensors = read_tensors(hf_dir)
   tensors['model.audio_tower.layers.0.self_attn.k_proj.bias'] = np.zeros(32, np.float32)
   broken = rewrite(hf_dir, tmp_path / 'unexpected', tensors)
-  with pytest.raises(InputError, match=r"unexpected tensor 'model\.audio_tower\.layers\.0\."
-                     r"self_attn\.k_proj\.bias'") as error:
+  with pytest.raises(
+    InputError,
+    match=r"unexpected tensor 'model\.audio_tower\.layers\.0\."
+    r"self_attn\.k_proj\.bias'",
+  ) as error:
     loading.load_model(broken, with_processor=False)
   assert error.value.path == str(broken / convert.SINGLE_FILE)
   tensors = read_tensors(hf_dir)
@@ -178,8 +195,11 @@ def test_misshaped_tensor_is_named_with_both_shapes(hf_dir, tmp_path):
   name = 'model.language_model.layers.0.self_attn.k_proj.weight'
   tensors[name] = np.ascontiguousarray(tensors[name].T)
   broken = rewrite(hf_dir, tmp_path / 'misshaped', tensors)
-  with pytest.raises(InputError, match=r"tensor 'model\.language_model\.layers\.0\.self_attn\."
-                     r"k_proj\.weight' has shape \[32, 16\], expected \[16, 32\]") as error:
+  with pytest.raises(
+    InputError,
+    match=r"tensor 'model\.language_model\.layers\.0\.self_attn\."
+    r"k_proj\.weight' has shape \[32, 16\], expected \[16, 32\]",
+  ) as error:
     convert.convert_checkpoint(broken, tmp_path / 'out', progress=False)
   assert error.value.path == str(broken / convert.SINGLE_FILE)
   assert not (tmp_path / 'out').exists()
@@ -194,40 +214,35 @@ def test_bad_directories_give_clear_errors(hf_dir, tmp_path):
     loading.load_model(sharded, with_processor=False)
   config = json.loads((hf_dir / 'config.json').read_text())
   config['text_config']['use_sliding_window'] = True
-  bad = rewrite(hf_dir, tmp_path / 'sliding', read_tensors(hf_dir),
-                {'text_config': config['text_config']})
+  bad = rewrite(hf_dir, tmp_path / 'sliding', read_tensors(hf_dir), {'text_config': config['text_config']})
   with pytest.raises(InputError, match='sliding-window attention is not supported'):
     loading.load_model(bad, with_processor=False)
 
 
 def test_tying_follows_the_weights(hf_dir, tmp_path):
-  tied = pathlib.Path(tiny.make_tiny_checkpoint(tmp_path / 'tied', seed=1,
-                                                tie_word_embeddings=True))
+  tied = pathlib.Path(tiny.make_tiny_checkpoint(tmp_path / 'tied', seed=1, tie_word_embeddings=True))
   model, config, _ = loading.load_model(tied, with_processor=False)
   assert config.tie_word_embeddings and model.lm_head is None
   tensors = read_tensors(tied)
   del tensors['lm_head.weight']
-  model, config, _ = loading.load_model(rewrite(tied, tmp_path / 'no_head', tensors),
-                                        with_processor=False)
+  model, config, _ = loading.load_model(rewrite(tied, tmp_path / 'no_head', tensors), with_processor=False)
   assert config.tie_word_embeddings and model.lm_head is None
   tensors = read_tensors(tied)
   tensors['lm_head.weight'] = tensors['lm_head.weight'] * 2  # a tie flag, but a different head
-  model, config, _ = loading.load_model(rewrite(tied, tmp_path / 'own_head', tensors),
-                                        with_processor=False)
+  model, config, _ = loading.load_model(rewrite(tied, tmp_path / 'own_head', tensors), with_processor=False)
   assert not config.tie_word_embeddings
   np.testing.assert_array_equal(np.asarray(model.lm_head.kernel[...]), tensors['lm_head.weight'].T)
   tensors = read_tensors(hf_dir)
   del tensors['lm_head.weight']
   with pytest.raises(InputError, match=r'missing 1 tensors: lm_head\.weight'):
-    loading.load_model(rewrite(hf_dir, tmp_path / 'untied_no_head', tensors),
-                       with_processor=False)
+    loading.load_model(rewrite(hf_dir, tmp_path / 'untied_no_head', tensors), with_processor=False)
 
 
 def test_sharded_loading_places_parameters_by_logical_axes(hf_dir, reference, tmp_path):
   mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
   converted = convert.convert_checkpoint(hf_dir, tmp_path / 'converted', progress=False)
   for directory in (hf_dir, converted):
-    model, config, _ = loading.load_model(directory, mesh=mesh, with_processor=False)
+    model, _config, _ = loading.load_model(directory, mesh=mesh, with_processor=False)
     state = nnx.state(model)
     q_kernel = state['language_model']['layers'][0]['self_attn']['q_proj']['kernel'][...]
     assert q_kernel.sharding.spec == PartitionSpec('fsdp', 'tensor', None)
@@ -236,25 +251,32 @@ def test_sharded_loading_places_parameters_by_logical_axes(hf_dir, reference, tm
     for name, value in parameters(model).items():
       np.testing.assert_array_equal(value, reference[0][name], err_msg=name)
   # A dimension a mesh axis does not divide stays whole on it; an axis is used once per array.
-  assert sharding.partition_spec(('kv_heads', 'head_dim'), (1, 8), mesh) == PartitionSpec(None,
-                                                                                            None)
+  assert sharding.partition_spec(('kv_heads', 'head_dim'), (1, 8), mesh) == PartitionSpec(None, None)
   assert sharding.partition_spec(('embed', 'embed'), (4, 4), mesh) == PartitionSpec('fsdp', None)
   assert sharding.partition_spec(('batch', 'vocab'), (6, 3), mesh) == PartitionSpec('data', None)
   ids = jnp.arange(12, dtype=jnp.int32).reshape(2, 6)
   sharded_logits, _ = nnx.jit(lambda m, x: m(x))(model, ids)
   plain, _, _ = loading.load_model(hf_dir, with_processor=False)
   plain_logits, _ = plain(ids)
-  np.testing.assert_allclose(np.asarray(sharded_logits), np.asarray(plain_logits), rtol=0,
-                             atol=1e-5)
+  np.testing.assert_allclose(np.asarray(sharded_logits), np.asarray(plain_logits), rtol=0, atol=1e-5)
   assert len(jax.devices()) == 8
 
 
 def test_launcher_converts(hf_dir, tmp_path):
   out = tmp_path / 'launched'
   result = subprocess.run(
-      [sys.executable, str(REPO / 'launch' / 'convert_checkpoint.py'), f'--hf_dir={hf_dir}',
-       f'--out_dir={out}', '--dtype=bfloat16'],
-      capture_output=True, text=True, timeout=300, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+    [
+      sys.executable,
+      str(REPO / 'launch' / 'convert_checkpoint.py'),
+      f'--hf_dir={hf_dir}',
+      f'--out_dir={out}',
+      '--dtype=bfloat16',
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env={**os.environ, 'JAX_PLATFORMS': 'cpu'},
+  )
   assert result.returncode == 0, result.stderr
   assert json.loads((out / 'perax.json').read_text())['dtype'] == 'bfloat16'
   assert 'convert:' in result.stderr and 'tensors/s' in result.stderr

@@ -2,22 +2,20 @@
 
 import collections
 
-from absl import flags
 import numpy as np
 import pyarrow as pa
 import pytest
 import soundfile
 import transformers
-
-from perax import audio
-from perax import audio_mix
-from perax import data_pipeline as dp
-from perax import dime_aug
-from perax import prompts
-from perax.models.tiny import make_tiny_checkpoint
-from perax.tables import column, utterances_table
-
+from absl import flags
 from emodb_tables import LABELS, emodb_tables
+
+from perax.augment import audio_mix, dime_aug
+from perax.augment import input_pipeline as dp
+from perax.data import audio
+from perax.data.tables import column, utterances_table
+from perax.models.tiny import make_tiny_checkpoint
+from perax.raters import prompts
 
 FILE_RATE = 22050
 PROMPT = prompts.Prompt('direct', 'What emotion does the speaker express? Choose one of: {labels}.')
@@ -41,23 +39,43 @@ def corpus(tmp_path_factory):
       utt_id = f'{split}{k:02d}'
       duration = float(rng.uniform(0.3, 5.0))
       t = np.arange(int(FILE_RATE * duration)) / FILE_RATE
-      wave = (rng.uniform(0.05, 0.5) * np.sin(2 * np.pi * rng.uniform(100, 400) * t)
-              + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+      wave = (
+        rng.uniform(0.05, 0.5) * np.sin(2 * np.pi * rng.uniform(100, 400) * t)
+        + 0.01 * rng.standard_normal(t.size)
+      ).astype(np.float32)
       path = root / f'{utt_id}.wav'
       soundfile.write(path, wave, FILE_RATE)
-      rows.append(dict(utt_id=utt_id, audio_path=str(path), transcript=f'words number {k} here',
-                       speaker=speakers[k % len(speakers)], split=split, corpus='synthetic'))
+      rows.append(
+        dict(
+          utt_id=utt_id,
+          audio_path=str(path),
+          transcript=f'words number {k} here',
+          speaker=speakers[k % len(speakers)],
+          split=split,
+          corpus='synthetic',
+        )
+      )
       targets.append(rng.dirichlet(np.full(len(LABELS), 0.5)))
   long_path = root / 'session.wav'
-  soundfile.write(long_path, (0.1 * rng.standard_normal(FILE_RATE * 6)).astype(np.float32),
-                  FILE_RATE)
-  rows.append(dict(utt_id='train_segment', audio_path=str(long_path), start_s=1.25, end_s=3.5,
-                   transcript='a segment', speaker='a', split='train', corpus='synthetic'))
+  soundfile.write(long_path, (0.1 * rng.standard_normal(FILE_RATE * 6)).astype(np.float32), FILE_RATE)
+  rows.append(
+    dict(
+      utt_id='train_segment',
+      audio_path=str(long_path),
+      start_s=1.25,
+      end_s=3.5,
+      transcript='a segment',
+      speaker='a',
+      split='train',
+      corpus='synthetic',
+    )
+  )
   targets.append(np.asarray([0.0, 0.5, 0.5, 0.0]))
   utterances = utterances_table(rows)
   p = np.asarray(targets)
-  distributions = pa.table({'utt_id': column(utterances, 'utt_id'),
-                            **{f'p_{label}': p[:, c] for c, label in enumerate(LABELS)}})
+  distributions = pa.table(
+    {'utt_id': column(utterances, 'utt_id'), **{f'p_{label}': p[:, c] for c, label in enumerate(LABELS)}}
+  )
   edges = dime_aug.edges_from_split(utterances, distributions, LABELS)
   plan = dime_aug.plan_augmentation(utterances, distributions, LABELS, edges, seed=0)
   return utterances, distributions, plan
@@ -67,8 +85,19 @@ def _pipeline(corpus, processor, seed=0, num_epochs=1, prompt=PROMPT, batch=4, *
   utterances, distributions, plan = corpus
   process = {k: options.pop(k) for k in ('process_index', 'process_count') if k in options}
   config = dp.PipelineConfig(global_batch_size=batch, **options)
-  return dp.build_pipeline(utterances, distributions, LABELS, processor, prompt, config,
-                           split='train', plan=plan, seed=seed, num_epochs=num_epochs, **process)
+  return dp.build_pipeline(
+    utterances,
+    distributions,
+    LABELS,
+    processor,
+    prompt,
+    config,
+    split='train',
+    plan=plan,
+    seed=seed,
+    num_epochs=num_epochs,
+    **process,
+  )
 
 
 def _take(iterator, n):
@@ -96,8 +125,7 @@ def test_every_example_once_per_epoch(corpus, two_epochs):
   assert n % 8 and n == 22 + plan.num_rows and len(batches) == 2 * pipeline.batches_per_epoch
   orders = []
   for epoch in range(2):
-    epoch_batches = batches[epoch * pipeline.batches_per_epoch:(epoch + 1) *
-                            pipeline.batches_per_epoch]
+    epoch_batches = batches[epoch * pipeline.batches_per_epoch : (epoch + 1) * pipeline.batches_per_epoch]
     seen = np.concatenate([b['example_index'][b['example_mask']] for b in epoch_batches])
     assert sorted(seen.tolist()) == list(range(n))
     padded = [b for b in epoch_batches if not b['example_mask'].all()]
@@ -119,7 +147,8 @@ def test_shapes_follow_the_bucket(two_epochs, processor):
     assert batch['targets'].dtype == np.float32 and batch['attention_mask'].dtype == bool
     np.testing.assert_allclose(batch['targets'].sum(axis=1), 1.0, atol=1e-6)
     np.testing.assert_array_equal(
-        batch['positions'], np.maximum(np.cumsum(batch['attention_mask'], axis=1) - 1, 0))
+      batch['positions'], np.maximum(np.cumsum(batch['attention_mask'], axis=1) - 1, 0)
+    )
     assert batch['attention_mask'][:, -1].all()  # left padding: every prompt ends at the end
   assert len(shapes) >= 2 and all(len(s) == 1 for s in shapes.values())  # one L per bucket
 
@@ -127,12 +156,12 @@ def test_shapes_follow_the_bucket(two_epochs, processor):
 def _hf_reference(processor, waveform, chat_text):
   """Hugging Face's processor on one clip: (features [128, 3000], valid frames, input ids)."""
   out = processor(text=chat_text, audio=waveform, sampling_rate=16000, return_tensors='np')
-  return (out['input_features'][0], int(out['feature_attention_mask'][0].sum()),
-          out['input_ids'][0])
+  return (out['input_features'][0], int(out['feature_attention_mask'][0].sum()), out['input_ids'][0])
 
 
 def _expected_waveform(record, sources):
-  """The example's audio, rebuilt from perax.audio.load_audio and the plan's numbers."""
+  """The example's audio, rebuilt from perax.data.audio.load_audio and the plan's numbers."""
+
   def load(utt_id):
     path, start_s, end_s = sources[utt_id]
     return audio.load_audio(path, start_s=start_s, end_s=end_s)
@@ -141,8 +170,9 @@ def _expected_waveform(record, sources):
   if record['origin'] == 'original':
     return anchor
   partner = load(record['partner_id'])
-  scale = np.sqrt(np.mean(np.square(anchor, dtype=np.float64))
-                  / np.mean(np.square(partner, dtype=np.float64)))
+  scale = np.sqrt(
+    np.mean(np.square(anchor, dtype=np.float64)) / np.mean(np.square(partner, dtype=np.float64))
+  )
   gap = np.zeros(int(round(record['gap_s'] * 16000)), np.float32)
   mixed = np.concatenate([anchor, gap, (partner * scale).astype(np.float32)])
   return mixed / max(1.0, np.abs(mixed).max())
@@ -152,15 +182,20 @@ def _expected_waveform(record, sources):
 def test_batches_equal_hugging_face(corpus, processor, prompt):
   utterances, distributions, plan = corpus
   pipeline = _pipeline(corpus, processor, prompt=prompt, seed=1)
-  sources = {r['utt_id']: (r['audio_path'], None if np.isnan(r['start_s']) else r['start_s'],
-                           None if np.isnan(r['end_s']) else r['end_s'])
-             for r in utterances.to_pylist()}
+  sources = {
+    r['utt_id']: (
+      r['audio_path'],
+      None if np.isnan(r['start_s']) else r['start_s'],
+      None if np.isnan(r['end_s']) else r['end_s'],
+    )
+    for r in utterances.to_pylist()
+  }
   records = {r['utt_id']: r for r in plan.to_pylist()}
   records.update({u: dict(origin='original', anchor_id=u) for u in sources})
-  targets = dict(zip(column(distributions, 'utt_id'),
-                     np.stack([column(distributions, f'p_{c}') for c in LABELS], axis=1)))
-  targets.update(zip(column(plan, 'utt_id'),
-                     np.stack([column(plan, f'p_{c}') for c in LABELS], axis=1)))
+  targets = dict(
+    zip(column(distributions, 'utt_id'), np.stack([column(distributions, f'p_{c}') for c in LABELS], axis=1))
+  )
+  targets.update(zip(column(plan, 'utt_id'), np.stack([column(plan, f'p_{c}') for c in LABELS], axis=1)))
   checked, checked_ids = collections.Counter(), set()
   for batch in pipeline.dataset:
     frames = batch['input_features'].shape[-1]
@@ -171,10 +206,15 @@ def test_batches_equal_hugging_face(corpus, processor, prompt):
         continue
       checked[record['origin']] += 1
       checked_ids.add(utt_id)
-      transcript = (' '.join(utterances.filter(pa.array(column(utterances, 'utt_id') == u))
-                             .column('transcript')[0].as_py()
-                             for u in (record['anchor_id'], record.get('partner_id')) if u)
-                    if prompt is TRANSCRIPT_PROMPT else None)
+      transcript = (
+        ' '.join(
+          utterances.filter(pa.array(column(utterances, 'utt_id') == u)).column('transcript')[0].as_py()
+          for u in (record['anchor_id'], record.get('partner_id'))
+          if u
+        )
+        if prompt is TRANSCRIPT_PROMPT
+        else None
+      )
       chat_text = prompts.render_chat(processor, prompt.question(LABELS, transcript))
       waveform = _expected_waveform(record, sources)
       features, valid, ids = _hf_reference(processor, waveform, chat_text)
@@ -187,11 +227,9 @@ def test_batches_equal_hugging_face(corpus, processor, prompt):
 
 
 def test_long_transcripts_are_cut_to_the_bucket_length(processor):
-  ids = dp.PromptIds(processor, TRANSCRIPT_PROMPT, LABELS, max_transcript_tokens=8,
-                     token_multiple=8)
+  ids = dp.PromptIds(processor, TRANSCRIPT_PROMPT, LABELS, max_transcript_tokens=8, token_multiple=8)
   length = ids.length(200)
-  long = ids.ids(' '.join(['emotion'] * 300), int(prompts.num_audio_tokens(np.asarray([200]))[0]),
-                 length)
+  long = ids.ids(' '.join(['emotion'] * 300), int(prompts.num_audio_tokens(np.asarray([200]))[0]), length)
   short = ids.ids('hi', 50, length)
   assert len(long) <= length and len(short) < len(long)
   assert length % 8 == 0
@@ -202,8 +240,7 @@ def test_same_seed_gives_byte_identical_batches(corpus, processor):
   again = _take(iter(_pipeline(corpus, processor, seed=5, read_threads=1).dataset), 3)
   other = _take(iter(_pipeline(corpus, processor, seed=6).dataset), 3)
   _assert_batches_equal(first, again)
-  assert any(not np.array_equal(a['example_index'], b['example_index'])
-             for a, b in zip(first, other))
+  assert any(not np.array_equal(a['example_index'], b['example_index']) for a, b in zip(first, other))
 
 
 def test_worker_count_does_not_change_the_batches_nor_the_state(corpus, processor):
@@ -242,12 +279,13 @@ def test_state_restores_exactly(corpus, processor, tmp_path):
 
 def test_processes_take_row_slices_of_one_global_batch(corpus, processor):
   whole = _take(iter(_pipeline(corpus, processor, seed=4).dataset), 3)
-  halves = [_take(iter(_pipeline(corpus, processor, seed=4, process_index=p,
-                                 process_count=2).dataset), 3) for p in range(2)]
+  halves = [
+    _take(iter(_pipeline(corpus, processor, seed=4, process_index=p, process_count=2).dataset), 3)
+    for p in range(2)
+  ]
   for k, batch in enumerate(whole):
     for key in batch:
-      np.testing.assert_array_equal(
-          np.concatenate([halves[0][k][key], halves[1][k][key]]), batch[key])
+      np.testing.assert_array_equal(np.concatenate([halves[0][k][key], halves[1][k][key]]), batch[key])
   with pytest.raises(ValueError, match='divisible'):
     _pipeline(corpus, processor, batch=3, process_index=0, process_count=2)
 
@@ -262,8 +300,9 @@ def test_eval_iterator_covers_the_balanced_set_once(corpus, processor):
   edges = dime_aug.edges_from_split(utterances, distributions, LABELS)
   eval_set = dime_aug.build_eval_set(utterances, distributions, LABELS, edges, split='test')
   config = dp.PipelineConfig(global_batch_size=4)
-  batches = list(dp.make_eval_iterator(utterances, distributions, LABELS, processor, PROMPT,
-                                       config, eval_set=eval_set))
+  batches = list(
+    dp.make_eval_iterator(utterances, distributions, LABELS, processor, PROMPT, config, eval_set=eval_set)
+  )
   seen = np.concatenate([b['example_index'][b['example_mask']] for b in batches])
   assert sorted(seen.tolist()) == list(range(eval_set.num_rows))
   frames = [b['input_features'].shape[-1] for b in batches]
@@ -276,9 +315,17 @@ def test_eval_iterator_covers_the_balanced_set_once(corpus, processor):
 def test_emodb_through_the_whole_pipeline(emodb_dir, processor):
   utterances, distributions = emodb_tables(emodb_dir, max_files=48)
   plan = dime_aug.plan_augmentation(utterances, distributions, LABELS, (0.0, 0.0), seed=0)
-  iterator = dp.make_train_iterator(utterances, distributions, LABELS, processor, PROMPT,
-                                    dp.PipelineConfig(global_batch_size=8), seed=0, plan=plan,
-                                    num_epochs=1)
+  iterator = dp.make_train_iterator(
+    utterances,
+    distributions,
+    LABELS,
+    processor,
+    PROMPT,
+    dp.PipelineConfig(global_batch_size=8),
+    seed=0,
+    plan=plan,
+    num_epochs=1,
+  )
   batches = list(iterator)
   seen = sum(int(b['example_mask'].sum()) for b in batches)
   assert seen == utterances.num_rows + plan.num_rows

@@ -11,10 +11,10 @@ import pytest
 import soundfile
 
 from perax import distributions as dist
-from perax import labels as labels_lib
-from perax import tables
-from perax.corpora import demo
-from perax.errors import InputError
+from perax.core.errors import InputError
+from perax.data import labels as labels_lib
+from perax.data import tables
+from perax.data.corpora import demo
 
 NUM_CLIPS = 200
 LABELS = labels_lib.get_label_set('demo').labels
@@ -46,7 +46,7 @@ def acoustics(corpus):
   for path in tables.column(corpus.utterances, 'audio_path'):
     audio, rate = soundfile.read(path)
     speech = audio[np.abs(audio) > 10 * demo.BACKGROUND_NOISE]
-    levels.append(10 * np.log10(np.mean(speech ** 2)))
+    levels.append(10 * np.log10(np.mean(speech**2)))
     spectrum = np.abs(np.fft.rfft(audio)) ** 2
     freqs = np.fft.rfftfreq(audio.size, 1 / rate)
     centroids.append((freqs * spectrum).sum() / spectrum.sum())
@@ -86,7 +86,7 @@ def test_structure(corpus, generated):
   assert all(r.startswith('dense_') for r in tables.column(reference, 'rater'))
   assert not any(r.startswith('dense_') for r in tables.column(votes, 'rater'))
   for table in (votes, reference):
-    ids, counts = dist.vote_counts(table, 'demo', tables.column(utterances, 'utt_id'))
+    _ids, counts = dist.vote_counts(table, 'demo', tables.column(utterances, 'utt_id'))
     assert len(set(counts.sum(-1))) == 1
   truth = demo.true_distribution(generated[0])
   p = np.stack([tables.column(truth, c) for c in tables.label_columns(LABELS)], -1)
@@ -105,8 +105,7 @@ def test_votes_follow_the_true_distribution(corpus, generated):
 
 
 def test_all_ambiguity_levels_occur(corpus):
-  table, info = dist.build_distributions(corpus.votes, label_set='demo',
-                                         utterances=corpus.utterances)
+  table, info = dist.build_distributions(corpus.votes, label_set='demo', utterances=corpus.utterances)
   assert min(info['level_counts'].values()) > NUM_CLIPS / 10, info['level_counts']
   assert table.num_rows == NUM_CLIPS
 
@@ -132,8 +131,9 @@ def test_load_strict_and_lenient(generated, tmp_path):
   utterances = tables.read_table(copy / demo.UTTERANCES_FILE)
   paths = tables.column(utterances, 'audio_path').tolist()
   paths[3] = str(copy / 'missing.wav')
-  utterances = utterances.set_column(utterances.schema.get_field_index('audio_path'), 'audio_path',
-                                     pa.array(paths))
+  utterances = utterances.set_column(
+    utterances.schema.get_field_index('audio_path'), 'audio_path', pa.array(paths)
+  )
   tables.write_table(utterances, copy / demo.UTTERANCES_FILE)
   with pytest.raises(InputError, match='demo_0003'):
     demo.load(copy)

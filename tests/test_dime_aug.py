@@ -10,19 +10,15 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import soundfile
-
-from perax import audio
-from perax import audio_mix
-from perax import augmented_set
-from perax import dime_aug
-from perax import distributions as dist
-from perax.errors import InputError
-from perax.tables import column, read_table, utterances_table, write_table
-
 from emodb_tables import LABELS, emodb_tables
 
-SPLIT_SPEAKERS = {'train': ['s0', 's1', 's2', 's3', 's4', 's5'], 'dev': ['s6', 's7'],
-                  'test': ['s8', 's9']}
+from perax import distributions as dist
+from perax.augment import audio_mix, augmented_set, dime_aug
+from perax.core.errors import InputError
+from perax.data import audio
+from perax.data.tables import column, read_table, utterances_table, write_table
+
+SPLIT_SPEAKERS = {'train': ['s0', 's1', 's2', 's3', 's4', 's5'], 'dev': ['s6', 's7'], 'test': ['s8', 's9']}
 # Share of each dominant emotion per split: imbalanced on purpose.
 CLASS_SHARES = (0.5, 0.25, 0.15, 0.1)
 RATERS = 5
@@ -36,17 +32,24 @@ def _corpus(seed: int = 0, per_split=(('train', 96), ('dev', 24), ('test', 40)))
     for k in range(n):
       intended = rng.choice(len(LABELS), p=CLASS_SHARES)
       agreement = rng.uniform(0.4, 1.0)
-      votes = np.where(rng.random(RATERS) < agreement, intended, rng.integers(0, len(LABELS),
-                                                                              RATERS))
+      votes = np.where(rng.random(RATERS) < agreement, intended, rng.integers(0, len(LABELS), RATERS))
       targets.append(np.bincount(votes, minlength=len(LABELS)) / RATERS)
-      rows.append(dict(utt_id=f'{split}_{k:03d}', audio_path=f'/nowhere/{split}_{k:03d}.wav',
-                       duration_s=float(rng.uniform(1.0, 6.0)), transcript=f'words of {k}',
-                       speaker=SPLIT_SPEAKERS[split][k % len(SPLIT_SPEAKERS[split])],
-                       split=split, corpus='synthetic'))
+      rows.append(
+        dict(
+          utt_id=f'{split}_{k:03d}',
+          audio_path=f'/nowhere/{split}_{k:03d}.wav',
+          duration_s=float(rng.uniform(1.0, 6.0)),
+          transcript=f'words of {k}',
+          speaker=SPLIT_SPEAKERS[split][k % len(SPLIT_SPEAKERS[split])],
+          split=split,
+          corpus='synthetic',
+        )
+      )
   utterances = utterances_table(rows)
   p = np.asarray(targets)
-  distributions = pa.table({'utt_id': column(utterances, 'utt_id'),
-                            **{f'p_{label}': p[:, c] for c, label in enumerate(LABELS)}})
+  distributions = pa.table(
+    {'utt_id': column(utterances, 'utt_id'), **{f'p_{label}': p[:, c] for c, label in enumerate(LABELS)}}
+  )
   return utterances, distributions
 
 
@@ -120,8 +123,7 @@ def test_classes_are_balanced_exactly(corpus, class_plan):
 
 def test_size_spreads_examples_evenly(corpus):
   utterances, distributions, edges = corpus
-  plan = dime_aug.plan_augmentation(utterances, distributions, LABELS, edges, split='train',
-                                    size=240, seed=1)
+  plan = dime_aug.plan_augmentation(utterances, distributions, LABELS, edges, split='train', size=240, seed=1)
   train = column(utterances, 'split') == 'train'
   originals = collections.Counter(np.asarray(LABELS)[dist.majority(_targets(distributions)[train])])
   added = collections.Counter(column(plan, 'label'))
@@ -131,8 +133,9 @@ def test_size_spreads_examples_evenly(corpus):
 
 def test_cells_are_balanced_within_tolerance(corpus):
   utterances, distributions, edges = corpus
-  plan = dime_aug.plan_augmentation(utterances, distributions, LABELS, edges, split='train',
-                                    balance='cells', seed=2)
+  plan = dime_aug.plan_augmentation(
+    utterances, distributions, LABELS, edges, split='train', balance='cells', seed=2
+  )
   originals = dime_aug.original_rows(utterances, distributions, LABELS, edges, 'train')
   cells = collections.Counter(zip(column(originals, 'label'), column(originals, 'level')))
   quota = max(cells.values())
@@ -151,8 +154,9 @@ def test_cells_are_balanced_within_tolerance(corpus):
 def test_mixup_weights_and_targets(corpus):
   utterances, distributions, edges = corpus
   config = dime_aug.MixConfig(variant='mixup', mixup_alpha=0.4)
-  plan = dime_aug.plan_augmentation(utterances, distributions, LABELS, edges, split='train',
-                                    seed=5, config=config)
+  plan = dime_aug.plan_augmentation(
+    utterances, distributions, LABELS, edges, split='train', seed=5, config=config
+  )
   p, duration = _by_id(utterances, distributions)
   weights = column(plan, 'weight')
   assert ((weights > 0) & (weights < 1)).all() and np.isnan(column(plan, 'gap_s')).all()
@@ -168,8 +172,11 @@ def test_eval_set_is_balanced_and_leaks_nothing(corpus):
   eval_set = dime_aug.build_eval_set(utterances, distributions, LABELS, edges, split='test', seed=0)
   speaker = dict(zip(column(utterances, 'utt_id'), column(utterances, 'speaker')))
   split = dict(zip(column(utterances, 'utt_id'), column(utterances, 'split')))
-  used = [u for u in np.concatenate([column(eval_set, 'anchor_id'), column(eval_set, 'partner_id')])
-          if u is not None]
+  used = [
+    u
+    for u in np.concatenate([column(eval_set, 'anchor_id'), column(eval_set, 'partner_id')])
+    if u is not None
+  ]
   assert {split[u] for u in used} == {'test'}
   assert {speaker[u] for u in used} <= set(SPLIT_SPEAKERS['test'])
   other_speakers = set(SPLIT_SPEAKERS['train'] + SPLIT_SPEAKERS['dev'])
@@ -185,8 +192,7 @@ def test_eval_set_is_balanced_and_leaks_nothing(corpus):
 
 def test_eval_set_with_size_takes_originals_first(corpus):
   utterances, distributions, edges = corpus
-  eval_set = dime_aug.build_eval_set(utterances, distributions, LABELS, edges, split='test',
-                                     size=32, seed=0)
+  eval_set = dime_aug.build_eval_set(utterances, distributions, LABELS, edges, split='test', size=32, seed=0)
   counts = collections.Counter(column(eval_set, 'label'))
   assert {counts[c] for c in LABELS} == {8}
   test = column(utterances, 'split') == 'test'
@@ -199,20 +205,20 @@ def test_eval_set_refuses_speakers_shared_with_other_splits(corpus):
   utterances, distributions, edges = corpus
   speakers = column(utterances, 'speaker').copy()
   speakers[0] = SPLIT_SPEAKERS['test'][0]  # a train utterance by a test speaker
-  leaky = utterances.set_column(utterances.schema.get_field_index('speaker'), 'speaker',
-                                pa.array(speakers))
+  leaky = utterances.set_column(utterances.schema.get_field_index('speaker'), 'speaker', pa.array(speakers))
   assert dime_aug.speaker_leaks(leaky, 'test') == {SPLIT_SPEAKERS['test'][0]}
   with pytest.raises(InputError, match='speakers of split'):
     dime_aug.build_eval_set(leaky, distributions, LABELS, edges, split='test')
-  allowed = dime_aug.build_eval_set(leaky, distributions, LABELS, edges, split='test',
-                                    allow_speaker_overlap=True)
+  allowed = dime_aug.build_eval_set(
+    leaky, distributions, LABELS, edges, split='test', allow_speaker_overlap=True
+  )
   assert allowed.num_rows > 0
 
 
 def test_bad_target_names_the_utterance(corpus):
   utterances, distributions, edges = corpus
   bad = distributions.set_column(1, 'p_neutral', pa.array(column(distributions, 'p_neutral') + 0.5))
-  with pytest.raises(InputError, match="train_000"):
+  with pytest.raises(InputError, match='train_000'):
     dime_aug.plan_augmentation(utterances, bad, LABELS, edges)
 
 
@@ -224,10 +230,10 @@ def test_concatenate_matches_loudness_and_gap():
   gap = 1600
   assert mixed.shape == (16000 + gap + 8000,) and mixed.dtype == np.float32
   np.testing.assert_array_equal(mixed[:16000], anchor)
-  assert not mixed[16000:16000 + gap].any()
-  tail = mixed[16000 + gap:].astype(np.float64)
+  assert not mixed[16000 : 16000 + gap].any()
+  tail = mixed[16000 + gap :].astype(np.float64)
   # The sine's RMS is its amplitude / sqrt(2).
-  assert np.sqrt(np.mean(tail ** 2)) == pytest.approx(0.5 / np.sqrt(2), rel=1e-3)
+  assert np.sqrt(np.mean(tail**2)) == pytest.approx(0.5 / np.sqrt(2), rel=1e-3)
   np.testing.assert_allclose(tail, 10.0 * partner, atol=1e-3)  # both sines' amplitude ratio
 
 
@@ -235,8 +241,9 @@ def test_overlay_is_the_weighted_sum_and_stays_in_full_scale():
   rng = np.random.default_rng(1)
   anchor = (0.2 * rng.standard_normal(3000)).astype(np.float32)
   partner = (0.1 * rng.standard_normal(5000)).astype(np.float32)
-  scale = np.sqrt(np.mean(np.square(anchor, dtype=np.float64))
-                  / np.mean(np.square(partner, dtype=np.float64)))
+  scale = np.sqrt(
+    np.mean(np.square(anchor, dtype=np.float64)) / np.mean(np.square(partner, dtype=np.float64))
+  )
   expected = np.zeros(5000)
   expected[:3000] += 0.7 * anchor
   expected += 0.3 * scale * partner
@@ -249,11 +256,14 @@ def test_overlay_is_the_weighted_sum_and_stays_in_full_scale():
 def test_durations_fall_back_to_segment_and_file(tmp_path):
   path = tmp_path / 'clip.wav'
   soundfile.write(path, np.zeros(22050 * 3, np.float32), 22050)
-  utterances = utterances_table([
+  utterances = utterances_table(
+    [
       dict(utt_id='a', audio_path=str(path), duration_s=1.5),
       dict(utt_id='b', audio_path=str(path), start_s=0.5, end_s=2.0),
       dict(utt_id='c', audio_path=str(path)),
-      dict(utt_id='d', audio_path=str(path), start_s=1.0)])
+      dict(utt_id='d', audio_path=str(path), start_s=1.0),
+    ]
+  )
   np.testing.assert_allclose(audio_mix.utterance_durations(utterances), [1.5, 1.5, 3.0, 2.0])
   with pytest.raises(InputError, match="'e'"):
     audio_mix.utterance_durations(utterances_table([dict(utt_id='e')]))
@@ -269,8 +279,7 @@ def wav_corpus(tmp_path_factory):
   for utt_id in column(utterances, 'utt_id'):
     duration = float(rng.uniform(0.5, 1.5))
     path = root / f'{utt_id}.wav'
-    soundfile.write(path, (0.1 * rng.standard_normal(int(22050 * duration))).astype(np.float32),
-                    22050)
+    soundfile.write(path, (0.1 * rng.standard_normal(int(22050 * duration))).astype(np.float32), 22050)
     paths.append(str(path))
     durations.append(soundfile.info(path).duration)
   utterances = utterances.set_column(1, 'audio_path', pa.array(paths))
@@ -283,8 +292,9 @@ def test_write_augmented_set_renders_the_plan(wav_corpus, tmp_path):
   edges = dime_aug.edges_from_split(utterances, distributions, LABELS)
   plan = dime_aug.build_eval_set(utterances, distributions, LABELS, edges, split='test', seed=0)
   lines = []
-  utt_path, dist_path = augmented_set.write_augmented_set(plan, utterances, distributions, LABELS,
-                                                          edges, str(tmp_path), lines.append)
+  utt_path, dist_path = augmented_set.write_augmented_set(
+    plan, utterances, distributions, LABELS, edges, str(tmp_path), lines.append
+  )
   written, targets = read_table(utt_path), read_table(dist_path)
   assert column(written, 'utt_id').tolist() == column(plan, 'utt_id').tolist()
   assert 'examples/s' in lines[-1]
@@ -299,7 +309,7 @@ def test_write_augmented_set_renders_the_plan(wav_corpus, tmp_path):
     partner = audio.load_audio(by_id[row['partner_id']]['audio_path'])
     gap = int(round(row['gap_s'] * 16000))
     assert waveform.size == anchor.size + gap + partner.size
-    np.testing.assert_allclose(waveform[:anchor.size], anchor, atol=1 / 32768)
+    np.testing.assert_allclose(waveform[: anchor.size], anchor, atol=1 / 32768)
     assert row['duration_s'] == pytest.approx(waveform.size / 16000)
   assert set(column(targets, 'ambiguity')) <= set(dime_aug.LEVELS)
 
@@ -311,9 +321,20 @@ def test_launcher_writes_a_balanced_set(wav_corpus, tmp_path):
   out = tmp_path / 'out'
   launcher = pathlib.Path(__file__).resolve().parents[1] / 'launch' / 'augment.py'
   result = subprocess.run(
-      [sys.executable, str(launcher), f'--manifest={tmp_path / "utterances.parquet"}',
-       f'--distributions={tmp_path / "distributions.parquet"}', '--split=train', '--seed=1',
-       f'--out_dir={out}'], capture_output=True, text=True, env={**os.environ}, check=False)
+    [
+      sys.executable,
+      str(launcher),
+      f'--manifest={tmp_path / "utterances.parquet"}',
+      f'--distributions={tmp_path / "distributions.parquet"}',
+      '--split=train',
+      '--seed=1',
+      f'--out_dir={out}',
+    ],
+    capture_output=True,
+    text=True,
+    env={**os.environ},
+    check=False,
+  )
   assert result.returncode == 0, result.stderr
   written = read_table(out / 'distributions.parquet')
   counts = collections.Counter(column(written, 'majority'))
@@ -330,7 +351,10 @@ def test_emodb_examples_render_from_real_audio(emodb_dir):
   paths = dict(zip(column(utterances, 'utt_id'), column(utterances, 'audio_path')))
   for row in plan.to_pylist()[:3]:
     waveform, _, target = audio_mix.render(row, lambda u: audio.load_audio(paths[u]))
-    expected = (audio.load_audio(paths[row['anchor_id']]).size + int(round(row['gap_s'] * 16000))
-                + audio.load_audio(paths[row['partner_id']]).size)
+    expected = (
+      audio.load_audio(paths[row['anchor_id']]).size
+      + int(round(row['gap_s'] * 16000))
+      + audio.load_audio(paths[row['partner_id']]).size
+    )
     assert waveform.size == expected and np.abs(waveform).max() <= 1.0
     assert target.sum() == pytest.approx(1.0) and target[LABELS.index(row['wanted_label'])] >= 0.5

@@ -17,20 +17,30 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from perax import distributions as dist
-from perax import labels as labels_lib
-from perax import tables
-from perax.errors import InputError, SkipCounter
+from perax.core.errors import InputError, SkipCounter
+from perax.data import labels as labels_lib
+from perax.data import tables
 
 DEMO = labels_lib.get_label_set('demo')  # neutral, happy, sad, angry; excited -> happy
 
-counts_arrays = hnp.arrays(np.float64, st.tuples(st.integers(1, 12), st.integers(2, 6)),
-                           elements=st.integers(0, 9).map(float))
+counts_arrays = hnp.arrays(
+  np.float64, st.tuples(st.integers(1, 12), st.integers(2, 6)), elements=st.integers(0, 9).map(float)
+)
 
 
 def _votes(rows, source='human'):
-  return tables.votes_table([{'utt_id': u, 'rater': f'r{k}', 'source': source, 'label': label,
-                              **({'weight': w} if w is not None else {})}
-                             for k, (u, label, w) in enumerate(rows)])
+  return tables.votes_table(
+    [
+      {
+        'utt_id': u,
+        'rater': f'r{k}',
+        'source': source,
+        'label': label,
+        **({'weight': w} if w is not None else {}),
+      }
+      for k, (u, label, w) in enumerate(rows)
+    ]
+  )
 
 
 def _distributions_of(counts):
@@ -44,22 +54,35 @@ def _distributions_of(counts):
 
 
 def test_vote_counts_weights_merges_and_skips():
-  votes = _votes([('a', 'neutral', None), ('a', 'excited', None), ('a', 'happy', 0.5),
-                  ('a', 'sad', 0.5), ('b', 'angry', None), ('b', 'invalid', None),
-                  ('b', 'fear', None), ('c', 'sad', None), ('zz', 'sad', None)])
+  votes = _votes(
+    [
+      ('a', 'neutral', None),
+      ('a', 'excited', None),
+      ('a', 'happy', 0.5),
+      ('a', 'sad', 0.5),
+      ('b', 'angry', None),
+      ('b', 'invalid', None),
+      ('b', 'fear', None),
+      ('c', 'sad', None),
+      ('zz', 'sad', None),
+    ]
+  )
   skipped = SkipCounter()
   ids, counts = dist.vote_counts(votes, DEMO, utt_ids=['c', 'empty', 'b', 'a'], skipped=skipped)
   assert ids.tolist() == ['c', 'empty', 'b', 'a']
-  np.testing.assert_array_equal(counts, [[0, 0, 1, 0], [0, 0, 0, 0], [0, 0, 0, 1],
-                                         [1, 1.5, 0.5, 0]])
+  np.testing.assert_array_equal(counts, [[0, 0, 1, 0], [0, 0, 0, 0], [0, 0, 0, 1], [1, 1.5, 0.5, 0]])
   assert counts.dtype == np.float64
   assert skipped.counts == {dist.SKIP_INVALID: 1, dist.SKIP_OUTSIDE: 1, dist.SKIP_UNKNOWN_UTT: 1}
   assert any("'zz'" in example for example in skipped.examples)
 
 
 def test_vote_counts_default_rows_and_source_filter():
-  votes = tables.concat([_votes([('x', 'sad', None), ('y', 'happy', None)]),
-                         _votes([('y', 'angry', None), ('z', 'angry', None)], 'synthetic')])
+  votes = tables.concat(
+    [
+      _votes([('x', 'sad', None), ('y', 'happy', None)]),
+      _votes([('y', 'angry', None), ('z', 'angry', None)], 'synthetic'),
+    ]
+  )
   ids, counts = dist.vote_counts(votes, 'demo')
   assert ids.tolist() == ['x', 'y', 'z']
   np.testing.assert_array_equal(counts.sum(-1), [1, 2, 1])
@@ -80,9 +103,13 @@ def benchmark_vote_counts(num_votes: int, num_utts: int, seed: int = 0) -> float
   names = np.array([f'utt{i:07d}' for i in range(num_utts)], dtype=object)
   choices = np.array(list(DEMO.labels) + ['excited', labels_lib.INVALID], dtype=object)
   label_p = np.array([0.2, 0.2, 0.2, 0.2, 0.1, 0.1])
-  votes = pa.table({'utt_id': pa.array(names[rng.integers(0, num_utts, num_votes)]),
-                    'label': pa.array(choices[rng.choice(len(choices), num_votes, p=label_p)]),
-                    'weight': np.ones(num_votes)})
+  votes = pa.table(
+    {
+      'utt_id': pa.array(names[rng.integers(0, num_utts, num_votes)]),
+      'label': pa.array(choices[rng.choice(len(choices), num_votes, p=label_p)]),
+      'weight': np.ones(num_votes),
+    }
+  )
   best = math.inf
   for _ in range(3):
     start = time.perf_counter()
@@ -192,12 +219,10 @@ def test_combination_limits(n_h, data):
   np.testing.assert_allclose(dist.mixture(p_h, p_s, 1.0)[has_h], p_h[has_h])
   np.testing.assert_allclose(dist.mixture(p_h, p_s, 0.0), p_s)
   np.testing.assert_allclose(dist.mixture(p_h, p_s, 1.0)[~has_h], p_s[~has_h])
-  np.testing.assert_allclose(dist.dirichlet_posterior(n_h, p_s, 1e-12)[has_h], p_h[has_h],
-                             atol=1e-9)
+  np.testing.assert_allclose(dist.dirichlet_posterior(n_h, p_s, 1e-12)[has_h], p_h[has_h], atol=1e-9)
   np.testing.assert_allclose(dist.dirichlet_posterior(n_h, p_s, 1e12), p_s, atol=1e-9)
   np.testing.assert_allclose(dist.dirichlet_posterior(n_h, p_s, math.inf), p_s)
-  for p in (dist.pooled(n_h, n_s, 0.7), dist.mixture(p_h, p_s, 0.3),
-            dist.dirichlet_posterior(n_h, p_s, 2.5)):
+  for p in (dist.pooled(n_h, n_s, 0.7), dist.mixture(p_h, p_s, 0.3), dist.dirichlet_posterior(n_h, p_s, 2.5)):
     valid = ~np.isnan(p).any(-1)
     assert (p[valid] >= 0).all()
     np.testing.assert_allclose(p[valid].sum(-1), 1.0)
@@ -239,8 +264,9 @@ def test_fit_kappa_recovers_planted_kappa(planted):
   num_items, num_labels, raters = 4000, 4, 5
   p_s = rng.dirichlet(np.ones(num_labels), size=num_items)
   truth = np.stack([rng.dirichlet(planted * prior) for prior in p_s])
-  n_h = np.stack([rng.multinomial(raters, np.maximum(p, 0) / np.maximum(p, 0).sum())
-                  for p in truth]).astype(float)
+  n_h = np.stack([rng.multinomial(raters, np.maximum(p, 0) / np.maximum(p, 0).sum()) for p in truth]).astype(
+    float
+  )
   fitted = dist.fit_kappa(n_h, p_s)
   assert planted / 1.6 < fitted < planted * 1.6
 
@@ -263,9 +289,16 @@ def test_fit_kappa_trusts_a_perfect_proxy_and_not_a_useless_one():
 
 
 def test_scores_distribution_averages_prompts():
-  scores = pa.table({'utt_id': ['a', 'a', 'b'], 'prompt_id': ['p1', 'p2', 'p1'],
-                     'p_sad': [0.2, 0.0, 1.0], 'p_neutral': [0.6, 1.0, 1.0],
-                     'p_happy': [0.2, 0.0, 1.0], 'p_angry': [0.0, 0.0, 1.0]})
+  scores = pa.table(
+    {
+      'utt_id': ['a', 'a', 'b'],
+      'prompt_id': ['p1', 'p2', 'p1'],
+      'p_sad': [0.2, 0.0, 1.0],
+      'p_neutral': [0.6, 1.0, 1.0],
+      'p_happy': [0.2, 0.0, 1.0],
+      'p_angry': [0.0, 0.0, 1.0],
+    }
+  )
   ids, p_s, n = dist.scores_distribution(scores, DEMO)
   assert ids.tolist() == ['a', 'b'] and n.tolist() == [2, 1]
   np.testing.assert_allclose(p_s, [[0.8, 0.1, 0.1, 0.0], [0.25] * 4])
@@ -280,9 +313,13 @@ def test_scores_distribution_averages_prompts():
 def small_corpus():
   rng = np.random.default_rng(3)
   utt_ids = [f'u{i:02d}' for i in range(30)]
-  utterances = tables.utterances_table({
-      'utt_id': utt_ids, 'speaker': [f's{i % 5}' for i in range(30)],
-      'split': ['train' if i % 5 < 3 else ('dev' if i % 5 == 3 else 'test') for i in range(30)]})
+  utterances = tables.utterances_table(
+    {
+      'utt_id': utt_ids,
+      'speaker': [f's{i % 5}' for i in range(30)],
+      'split': ['train' if i % 5 < 3 else ('dev' if i % 5 == 3 else 'test') for i in range(30)],
+    }
+  )
   rows = []
   for i, utt in enumerate(utt_ids[:-1]):  # the last utterance has no votes
     dominant = DEMO.labels[i % 4]
@@ -299,8 +336,19 @@ def small_corpus():
 def test_build_distributions_human_only(small_corpus):
   utterances, votes = small_corpus
   table, info = dist.build_distributions(votes, label_set='demo', utterances=utterances)
-  assert table.column_names == ['utt_id', 'n_human', 'n_synthetic', 'p_neutral', 'p_happy', 'p_sad',
-                                'p_angry', 'entropy', 'entropy_human', 'ambiguity', 'majority']
+  assert table.column_names == [
+    'utt_id',
+    'n_human',
+    'n_synthetic',
+    'p_neutral',
+    'p_happy',
+    'p_sad',
+    'p_angry',
+    'entropy',
+    'entropy_human',
+    'ambiguity',
+    'majority',
+  ]
   assert table.num_rows == 29 and info['n_without_evidence'] == 1
   ids, n_h = dist.vote_counts(votes, DEMO, tables.column(table, 'utt_id'), source='human')
   p = np.stack([tables.column(table, c) for c in tables.label_columns(DEMO.labels)], -1)
@@ -317,9 +365,15 @@ def test_build_distributions_human_only(small_corpus):
 
 def test_build_distributions_dirichlet_components(small_corpus, tmp_path):
   utterances, votes = small_corpus
-  table, info = dist.build_distributions(votes, label_set=DEMO, combine='dirichlet', kappa=4.0,
-                                         utterances=utterances, levels_from_split='all',
-                                         keep_components=True)
+  table, info = dist.build_distributions(
+    votes,
+    label_set=DEMO,
+    combine='dirichlet',
+    kappa=4.0,
+    utterances=utterances,
+    levels_from_split='all',
+    keep_components=True,
+  )
   labels = DEMO.labels
   p = np.stack([tables.column(table, f'p_{c}') for c in labels], -1)
   p_h = np.stack([tables.column(table, f'ph_{c}') for c in labels], -1)
@@ -328,8 +382,9 @@ def test_build_distributions_dirichlet_components(small_corpus, tmp_path):
   np.testing.assert_allclose(tables.column(table, 'entropy'), dist.normalized_entropy(p))
   np.testing.assert_allclose(tables.column(table, 'entropy_human'), dist.normalized_entropy(p_h))
   assert info['kappa'] == 4.0 and info['edges_from'].startswith('tertiles of all')
-  fitted_table, fitted = dist.build_distributions(votes, label_set=DEMO, combine='dirichlet',
-                                                  utterances=utterances)
+  fitted_table, fitted = dist.build_distributions(
+    votes, label_set=DEMO, combine='dirichlet', utterances=utterances
+  )
   assert dist.KAPPA_BOUNDS[0] <= fitted['kappa'] <= dist.KAPPA_BOUNDS[1]
   parquet_path, json_path = dist.write_distributions(fitted_table, fitted, str(tmp_path))
   assert tables.read_table(parquet_path).equals(fitted_table)
@@ -341,12 +396,25 @@ def test_build_distributions_dirichlet_components(small_corpus, tmp_path):
 
 def test_build_distributions_scores_and_fixed_edges(small_corpus):
   utterances, votes = small_corpus
-  scores = pa.table({'utt_id': ['u01', 'u29'], 'prompt_id': ['p', 'p'],
-                     'p_neutral': [0.1, 0.7], 'p_happy': [0.2, 0.1], 'p_sad': [0.3, 0.1],
-                     'p_angry': [0.4, 0.1]})
-  table, info = dist.build_distributions(votes, synthetic_scores=scores, label_set=DEMO,
-                                         combine='pooled', synthetic_weight=2.0,
-                                         utterances=utterances, fixed_edges=(0.2, 0.6))
+  scores = pa.table(
+    {
+      'utt_id': ['u01', 'u29'],
+      'prompt_id': ['p', 'p'],
+      'p_neutral': [0.1, 0.7],
+      'p_happy': [0.2, 0.1],
+      'p_sad': [0.3, 0.1],
+      'p_angry': [0.4, 0.1],
+    }
+  )
+  table, info = dist.build_distributions(
+    votes,
+    synthetic_scores=scores,
+    label_set=DEMO,
+    combine='pooled',
+    synthetic_weight=2.0,
+    utterances=utterances,
+    fixed_edges=(0.2, 0.6),
+  )
   rows = {u: i for i, u in enumerate(tables.column(table, 'utt_id'))}
   assert info['n_items'] == 30 and info['edges_from'] == 'fixed'
   assert table.column('ambiguity')[rows['u29']].as_py() is None
@@ -374,8 +442,7 @@ def test_crema_d_voice_distributions(crema_d_dir):
     for code in codes:
       votes['utt_id'] += [row['fileName']] * int(row[code])
       votes['label'] += [labels_lib.from_code('crema_d', code)] * int(row[code])
-  votes = tables.votes_table({**votes, 'rater': votes['utt_id'], 'source': ['human'] * len(
-      votes['label'])})
+  votes = tables.votes_table({**votes, 'rater': votes['utt_id'], 'source': ['human'] * len(votes['label'])})
   table, info = dist.build_distributions(votes, label_set=label_set, tie_policy='none')
   assert info['n_items'] == 7442 and info['skipped'] == {}
   by_id = {row['fileName']: row for row in rows}
@@ -385,8 +452,9 @@ def test_crema_d_voice_distributions(crema_d_dir):
   expected = counts / np.array([int(r['numResponses']) for r in order], float)[:, None]
   p = np.stack([tables.column(table, c) for c in tables.label_columns(label_set.labels)], -1)
   np.testing.assert_allclose(p, expected, rtol=1e-12)
-  np.testing.assert_allclose(tables.column(table, 'entropy'),
-                             scipy.stats.entropy(expected, axis=-1, base=len(codes)), atol=1e-12)
+  np.testing.assert_allclose(
+    tables.column(table, 'entropy'), scipy.stats.entropy(expected, axis=-1, base=len(codes)), atol=1e-12
+  )
   np.testing.assert_array_equal(tables.column(table, 'n_human'), counts.sum(-1))
   agreement = np.array([float(r['agreement']) for r in order])
   np.testing.assert_allclose(p.max(-1), agreement, atol=1e-9)
@@ -415,16 +483,33 @@ def test_launcher(small_corpus, tmp_path):
   out_dir = tmp_path / 'out'
   launcher = pathlib.Path(__file__).resolve().parents[1] / 'launch' / 'distributions.py'
   result = subprocess.run(
-      [sys.executable, str(launcher), f'--votes={votes_path}', f'--utterances={utterances_path}',
-       '--label_set=demo', '--combine=dirichlet', '--components', '--levels_from=dev',
-       f'--out_dir={out_dir}'], capture_output=True, text=True, check=False)
+    [
+      sys.executable,
+      str(launcher),
+      f'--votes={votes_path}',
+      f'--utterances={utterances_path}',
+      '--label_set=demo',
+      '--combine=dirichlet',
+      '--components',
+      '--levels_from=dev',
+      f'--out_dir={out_dir}',
+    ],
+    capture_output=True,
+    text=True,
+    check=False,
+  )
   assert result.returncode == 0, result.stderr
   table = tables.read_table(out_dir / 'distributions.parquet')
   with open(out_dir / 'distributions.json', encoding='utf-8') as f:
     info = json.load(f)
-  expected, expected_info = dist.build_distributions(votes, label_set='demo', combine='dirichlet',
-                                                     utterances=utterances, levels_from_split='dev',
-                                                     keep_components=True)
+  expected, expected_info = dist.build_distributions(
+    votes,
+    label_set='demo',
+    combine='dirichlet',
+    utterances=utterances,
+    levels_from_split='dev',
+    keep_components=True,
+  )
   assert table.equals(expected)
   assert info['kappa'] == pytest.approx(expected_info['kappa'])
   assert info['edges_from'].startswith('tertiles of split dev')

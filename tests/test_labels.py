@@ -1,36 +1,83 @@
-"""Tests for perax.labels: free-text parsing, corpus codes, label sets and their vectorised index."""
+"""Tests for perax.data.labels: free-text parsing, corpus codes, label sets and their vectorised index."""
 
 import numpy as np
 import pyarrow as pa
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from perax import labels
-from perax.errors import InputError
+from perax.core.errors import InputError
+from perax.data import labels
 
 INVALID = labels.INVALID
 
 # Hand-written expectations, independent of the module's tables.
 PARSED = {
-    'Neutral': 'neutral', 'Neutral state': 'neutral', 'neutral.': 'neutral', 'calm': 'neutral',
-    'Happiness': 'happy', 'joy': 'happy', 'Happy!': 'happy', 'HAPPY': 'happy',
-    'Sadness.': 'sad', 'sad': 'sad', 'Unhappy': 'sad',
-    'Anger': 'angry', 'angry': 'angry', 'mad': 'angry', 'Furious': 'angry',
-    'The speaker sounds angry.': 'angry', 'I think the speaker is happy.': 'happy',
-    'Fear': 'fear', 'afraid': 'fear', 'scared': 'fear', 'Fears': 'fear',
-    'Disgust': 'disgust', 'disgusted': 'disgust',
-    'Surprise': 'surprise', 'Surprised': 'surprise', 'surprises': 'surprise',
-    'Contempt': 'contempt', 'Excited': 'excited', 'excitement': 'excited',
-    'Frustration': 'frustrated', 'frustrated': 'frustrated', 'Boredom': 'boredom', 'bored': 'boredom',
-    'Other': 'other', 'Other: curious': 'other', 'Other-Confused': 'other',
-    'Other-Dissapointed': 'other', 'Others': 'other', 'other:angry': 'other',
-    'Angery': 'angry', 'Nuetral': 'neutral', 'Supprised': 'surprise', 'Frustated': 'frustrated',
-    'Digust': 'disgust', '  \tSad \n': 'sad', 'ＳＡＤ': 'sad',
-    'Dissapointed': INVALID, 'Disappointed': INVALID, 'Confused': INVALID, 'curious': INVALID,
-    'angry or sad': INVALID, 'Frustration, anger': INVALID, 'Angry; Sad': INVALID,
-    'not angry': INVALID, "The speaker isn't happy": INVALID, 'non-neutral': INVALID,
-    'no agreement': INVALID, 'X': INVALID, '': INVALID, '...': INVALID, 'danger': INVALID,
-    'invalid': INVALID, 'positive': INVALID, None: INVALID, 3: INVALID,
+  'Neutral': 'neutral',
+  'Neutral state': 'neutral',
+  'neutral.': 'neutral',
+  'calm': 'neutral',
+  'Happiness': 'happy',
+  'joy': 'happy',
+  'Happy!': 'happy',
+  'HAPPY': 'happy',
+  'Sadness.': 'sad',
+  'sad': 'sad',
+  'Unhappy': 'sad',
+  'Anger': 'angry',
+  'angry': 'angry',
+  'mad': 'angry',
+  'Furious': 'angry',
+  'The speaker sounds angry.': 'angry',
+  'I think the speaker is happy.': 'happy',
+  'Fear': 'fear',
+  'afraid': 'fear',
+  'scared': 'fear',
+  'Fears': 'fear',
+  'Disgust': 'disgust',
+  'disgusted': 'disgust',
+  'Surprise': 'surprise',
+  'Surprised': 'surprise',
+  'surprises': 'surprise',
+  'Contempt': 'contempt',
+  'Excited': 'excited',
+  'excitement': 'excited',
+  'Frustration': 'frustrated',
+  'frustrated': 'frustrated',
+  'Boredom': 'boredom',
+  'bored': 'boredom',
+  'Other': 'other',
+  'Other: curious': 'other',
+  'Other-Confused': 'other',
+  'Other-Dissapointed': 'other',
+  'Others': 'other',
+  'other:angry': 'other',
+  'Angery': 'angry',
+  'Nuetral': 'neutral',
+  'Supprised': 'surprise',
+  'Frustated': 'frustrated',
+  'Digust': 'disgust',
+  '  \tSad \n': 'sad',
+  'ＳＡＤ': 'sad',
+  'Dissapointed': INVALID,
+  'Disappointed': INVALID,
+  'Confused': INVALID,
+  'curious': INVALID,
+  'angry or sad': INVALID,
+  'Frustration, anger': INVALID,
+  'Angry; Sad': INVALID,
+  'not angry': INVALID,
+  "The speaker isn't happy": INVALID,
+  'non-neutral': INVALID,
+  'no agreement': INVALID,
+  'X': INVALID,
+  '': INVALID,
+  '...': INVALID,
+  'danger': INVALID,
+  'invalid': INVALID,
+  'positive': INVALID,
+  None: INVALID,
+  3: INVALID,
 }
 
 
@@ -48,17 +95,40 @@ def test_canonical_labels_parse_to_themselves():
 
 
 _LABEL_WORDS = {  # one hand-picked word per label (the label itself is covered above)
-    'neutral': 'neutrality', 'happy': 'joyful', 'sad': 'sorrow', 'angry': 'rage',
-    'fear': 'frightened', 'disgust': 'disgusting', 'surprise': 'astonished',
-    'contempt': 'contemptuous', 'excited': 'thrilled', 'frustrated': 'frustrating',
-    'boredom': 'boring', 'other': 'other'}
-_TEMPLATES = ('{}', '{}.', '{}!', ' {} ', '"{}"', 'The speaker sounds {}.', 'Emotion: {}',
-              'Answer: {}', 'I would say {}', '{}, clearly.')
+  'neutral': 'neutrality',
+  'happy': 'joyful',
+  'sad': 'sorrow',
+  'angry': 'rage',
+  'fear': 'frightened',
+  'disgust': 'disgusting',
+  'surprise': 'astonished',
+  'contempt': 'contemptuous',
+  'excited': 'thrilled',
+  'frustrated': 'frustrating',
+  'boredom': 'boring',
+  'other': 'other',
+}
+_TEMPLATES = (
+  '{}',
+  '{}.',
+  '{}!',
+  ' {} ',
+  '"{}"',
+  'The speaker sounds {}.',
+  'Emotion: {}',
+  'Answer: {}',
+  'I would say {}',
+  '{}, clearly.',
+)
 
 
 @settings(max_examples=200, deadline=None)
-@given(label=st.sampled_from(sorted(_LABEL_WORDS)), use_word=st.booleans(),
-       template=st.sampled_from(_TEMPLATES[:5]), upper=st.booleans())
+@given(
+  label=st.sampled_from(sorted(_LABEL_WORDS)),
+  use_word=st.booleans(),
+  template=st.sampled_from(_TEMPLATES[:5]),
+  upper=st.booleans(),
+)
 def test_parse_label_decorations(label, use_word, template, upper):
   word = _LABEL_WORDS[label] if use_word else label
   text = template.format(word.upper() if upper else word.capitalize())
@@ -66,16 +136,20 @@ def test_parse_label_decorations(label, use_word, template, upper):
 
 
 @settings(max_examples=200, deadline=None)
-@given(label=st.sampled_from([l for l in labels.CANONICAL if l != 'other']),
-       template=st.sampled_from(_TEMPLATES))
+@given(
+  label=st.sampled_from([l for l in labels.CANONICAL if l != 'other']), template=st.sampled_from(_TEMPLATES)
+)
 def test_parse_label_in_sentences(label, template):
   assert labels.parse_label(template.format(label)) == label
 
 
 @settings(max_examples=200, deadline=None)
-@given(pair=st.lists(st.sampled_from([l for l in labels.CANONICAL if l != 'other']), min_size=2,
-                     max_size=2, unique=True),
-       joiner=st.sampled_from((' or ', ', ', '; ', ' and ', '/', ' mixed with ')))
+@given(
+  pair=st.lists(
+    st.sampled_from([l for l in labels.CANONICAL if l != 'other']), min_size=2, max_size=2, unique=True
+  ),
+  joiner=st.sampled_from((' or ', ', ', '; ', ' and ', '/', ' mixed with ')),
+)
 def test_two_labels_are_invalid(pair, joiner):
   assert labels.parse_label(joiner.join(pair)) == INVALID
 
@@ -89,14 +163,41 @@ def test_parse_label_total_and_idempotent(text):
 
 
 CODES = {
-    'iemocap': {'neu': 'neutral', 'hap': 'happy', 'exc': 'excited', 'sad': 'sad', 'ang': 'angry',
-                'fru': 'frustrated', 'sur': 'surprise', 'fea': 'fear', 'dis': 'disgust',
-                'oth': 'other', 'xxx': INVALID},
-    'msp_podcast': {'N': 'neutral', 'H': 'happy', 'S': 'sad', 'A': 'angry', 'C': 'contempt',
-                    'U': 'surprise', 'D': 'disgust', 'F': 'fear', 'O': 'other', 'X': INVALID},
-    'crema_d': {'A': 'angry', 'D': 'disgust', 'F': 'fear', 'H': 'happy', 'N': 'neutral', 'S': 'sad'},
-    'emodb': {'W': 'angry', 'L': 'boredom', 'E': 'disgust', 'A': 'fear', 'F': 'happy', 'T': 'sad',
-              'N': 'neutral'},
+  'iemocap': {
+    'neu': 'neutral',
+    'hap': 'happy',
+    'exc': 'excited',
+    'sad': 'sad',
+    'ang': 'angry',
+    'fru': 'frustrated',
+    'sur': 'surprise',
+    'fea': 'fear',
+    'dis': 'disgust',
+    'oth': 'other',
+    'xxx': INVALID,
+  },
+  'msp_podcast': {
+    'N': 'neutral',
+    'H': 'happy',
+    'S': 'sad',
+    'A': 'angry',
+    'C': 'contempt',
+    'U': 'surprise',
+    'D': 'disgust',
+    'F': 'fear',
+    'O': 'other',
+    'X': INVALID,
+  },
+  'crema_d': {'A': 'angry', 'D': 'disgust', 'F': 'fear', 'H': 'happy', 'N': 'neutral', 'S': 'sad'},
+  'emodb': {
+    'W': 'angry',
+    'L': 'boredom',
+    'E': 'disgust',
+    'A': 'fear',
+    'F': 'happy',
+    'T': 'sad',
+    'N': 'neutral',
+  },
 }
 
 
@@ -117,12 +218,22 @@ def test_from_code_errors():
 
 def test_registered_label_sets():
   expected = {
-      'iemocap4': ('neutral', 'happy', 'sad', 'angry'),
-      'iemocap': ('neutral', 'happy', 'excited', 'sad', 'angry', 'frustrated', 'surprise', 'fear',
-                  'disgust', 'other'),
-      'msp_podcast': ('neutral', 'happy', 'sad', 'angry', 'contempt', 'surprise', 'disgust', 'fear'),
-      'crema_d': ('angry', 'disgust', 'fear', 'happy', 'neutral', 'sad'),
-      'emodb': ('angry', 'boredom', 'disgust', 'fear', 'happy', 'sad', 'neutral'),
+    'iemocap4': ('neutral', 'happy', 'sad', 'angry'),
+    'iemocap': (
+      'neutral',
+      'happy',
+      'excited',
+      'sad',
+      'angry',
+      'frustrated',
+      'surprise',
+      'fear',
+      'disgust',
+      'other',
+    ),
+    'msp_podcast': ('neutral', 'happy', 'sad', 'angry', 'contempt', 'surprise', 'disgust', 'fear'),
+    'crema_d': ('angry', 'disgust', 'fear', 'happy', 'neutral', 'sad'),
+    'emodb': ('angry', 'boredom', 'disgust', 'fear', 'happy', 'sad', 'neutral'),
   }
   for name, ordered in expected.items():
     label_set = labels.get_label_set(name)
@@ -158,8 +269,10 @@ def _naive_index(label_set, values):
 
 
 @settings(max_examples=100, deadline=None)
-@given(values=st.lists(st.sampled_from(_INDEX_VALUES), max_size=60),
-       name=st.sampled_from(['iemocap4', 'iemocap', 'msp_podcast', 'crema_d', 'emodb']))
+@given(
+  values=st.lists(st.sampled_from(_INDEX_VALUES), max_size=60),
+  name=st.sampled_from(['iemocap4', 'iemocap', 'msp_podcast', 'crema_d', 'emodb']),
+)
 def test_index_matches_naive_lookup(values, name):
   label_set = labels.get_label_set(name)
   index = label_set.index(values)

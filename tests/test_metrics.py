@@ -1,4 +1,4 @@
-"""Tests of perax.metrics against scipy and hand computations, plus property tests."""
+"""Tests of perax.distributions.metrics against scipy and hand computations, plus property tests."""
 
 import math
 
@@ -11,19 +11,22 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from perax import distributions as dist
-from perax import metrics
+from perax.distributions import metrics
 
 
 def _rows(num_items, num_labels):
   """Strategy for [N, C] distributions (some entries exactly zero)."""
-  weights = hnp.arrays(np.float64, (num_items, num_labels),
-                       elements=st.one_of(st.just(0.0), st.floats(0.01, 10.0)))
+  weights = hnp.arrays(
+    np.float64, (num_items, num_labels), elements=st.one_of(st.just(0.0), st.floats(0.01, 10.0))
+  )
   return weights.map(lambda w: np.where(w.sum(-1, keepdims=True) > 0, w, 1.0)).map(
-      lambda w: w / w.sum(-1, keepdims=True))
+    lambda w: w / w.sum(-1, keepdims=True)
+  )
 
 
-pairs = st.integers(1, 8).flatmap(lambda n: st.integers(2, 6).flatmap(
-    lambda c: st.tuples(_rows(n, c), _rows(n, c))))
+pairs = st.integers(1, 8).flatmap(
+  lambda n: st.integers(2, 6).flatmap(lambda c: st.tuples(_rows(n, c), _rows(n, c)))
+)
 
 
 @pytest.fixture(scope='module')
@@ -39,24 +42,26 @@ def test_against_scipy(random_pair):
   ref, pred = random_pair
   smoothed = (pred + metrics.KL_EPSILON) / (1 + 5 * metrics.KL_EPSILON)
   np.testing.assert_allclose(metrics.kl(ref, pred), scipy.stats.entropy(ref, smoothed, axis=-1))
-  expected_js = np.array([scipy.spatial.distance.jensenshannon(r, q, base=2)
-                          for r, q in zip(ref, pred)])
+  expected_js = np.array([scipy.spatial.distance.jensenshannon(r, q, base=2) for r, q in zip(ref, pred)])
   np.testing.assert_allclose(metrics.js_distance(ref, pred), expected_js, atol=1e-7)
-  np.testing.assert_allclose(metrics.js_divergence(ref, pred), expected_js ** 2, atol=1e-12)
-  np.testing.assert_allclose(metrics.cosine(ref, pred),
-                             [1 - scipy.spatial.distance.cosine(r, q) for r, q in zip(ref, pred)])
+  np.testing.assert_allclose(metrics.js_divergence(ref, pred), expected_js**2, atol=1e-12)
+  np.testing.assert_allclose(
+    metrics.cosine(ref, pred), [1 - scipy.spatial.distance.cosine(r, q) for r, q in zip(ref, pred)]
+  )
   entropy_ref, entropy_pred = dist.normalized_entropy(ref), dist.normalized_entropy(pred)
   result = metrics.distribution_metrics(ref, pred)
-  assert result['entropy_pearson'] == pytest.approx(
-      scipy.stats.pearsonr(entropy_ref, entropy_pred).statistic)
+  assert result['entropy_pearson'] == pytest.approx(scipy.stats.pearsonr(entropy_ref, entropy_pred).statistic)
   assert result['entropy_spearman'] == pytest.approx(
-      scipy.stats.spearmanr(entropy_ref, entropy_pred).statistic)
+    scipy.stats.spearmanr(entropy_ref, entropy_pred).statistic
+  )
   assert result['bhattacharyya'] == pytest.approx(np.mean(np.sum(np.sqrt(ref * pred), -1)))
   assert result['total_variation'] == pytest.approx(
-      np.mean([0.5 * scipy.spatial.distance.cityblock(r, q) for r, q in zip(ref, pred)]))
+    np.mean([0.5 * scipy.spatial.distance.cityblock(r, q) for r, q in zip(ref, pred)])
+  )
   flat_ref, flat_pred = ref.ravel(), pred.ravel()
   assert result['r2'] == pytest.approx(
-      1 - np.sum((flat_ref - flat_pred) ** 2) / np.sum((flat_ref - 0.2) ** 2))
+    1 - np.sum((flat_ref - flat_pred) ** 2) / np.sum((flat_ref - 0.2) ** 2)
+  )
   assert result['n'] == 300
 
 
@@ -71,9 +76,12 @@ def test_classification_by_hand():
   # Reference majority labels 0 0 1 1 2 (ties excluded), predictions 0 1 1 1 0:
   #   label 0: TP 1, FN 1, FP 1 -> recall 1/2, F1 2/4; label 1: TP 2, FP 1 -> recall 1, F1 4/5;
   #   label 2: TP 0, FN 1 -> recall 0, F1 0.
-  ref = np.array([[.8, .1, .1], [.6, .2, .2], [.1, .7, .2], [0, 1, 0], [.1, .2, .7], [.4, .4, .2]])
-  pred = np.array([[.9, .1, 0], [.3, .5, .2], [.2, .6, .2], [.1, .8, .1], [.5, .2, .3],
-                   [.1, .1, .8]])
+  ref = np.array(
+    [[0.8, 0.1, 0.1], [0.6, 0.2, 0.2], [0.1, 0.7, 0.2], [0, 1, 0], [0.1, 0.2, 0.7], [0.4, 0.4, 0.2]]
+  )
+  pred = np.array(
+    [[0.9, 0.1, 0], [0.3, 0.5, 0.2], [0.2, 0.6, 0.2], [0.1, 0.8, 0.1], [0.5, 0.2, 0.3], [0.1, 0.1, 0.8]]
+  )
   result = metrics.distribution_metrics(ref, pred)
   assert result['n_ties'] == 1
   assert result['accuracy'] == pytest.approx(3 / 5)
@@ -98,13 +106,17 @@ def test_properties(pair):
   js = metrics.js_divergence(ref, pred)
   np.testing.assert_allclose(js, metrics.js_divergence(pred, ref), atol=1e-12)
   assert ((js >= 0) & (js <= 1)).all()
-  for per_item in (metrics.bhattacharyya(ref, pred), metrics.total_variation(ref, pred),
-                   metrics.cosine(ref, pred), metrics.js_distance(ref, pred)):
+  for per_item in (
+    metrics.bhattacharyya(ref, pred),
+    metrics.total_variation(ref, pred),
+    metrics.cosine(ref, pred),
+    metrics.js_distance(ref, pred),
+  ):
     assert ((per_item >= -1e-12) & (per_item <= 1 + 1e-12)).all()
   assert (metrics.kl(ref, pred) >= -1e-12).all()
   # Pinsker-type bounds tie TV to BC: 1 - BC <= TV <= sqrt(1 - BC^2).
   bc, tv = metrics.bhattacharyya(ref, pred), metrics.total_variation(ref, pred)
-  assert (1 - bc <= tv + 1e-9).all() and (tv <= np.sqrt(np.maximum(1 - bc ** 2, 0)) + 1e-9).all()
+  assert (1 - bc <= tv + 1e-9).all() and (tv <= np.sqrt(np.maximum(1 - bc**2, 0)) + 1e-9).all()
   same = metrics.distribution_metrics(ref, ref)
   assert same['js_divergence'] == pytest.approx(0, abs=1e-12)
   assert same['kl'] == pytest.approx(0, abs=1e-5)
@@ -122,8 +134,7 @@ def test_metrics_by_level():
   assert set(result) == {'low', 'medium', 'high', 'all'}
   assert result['medium']['n'] == 0 and math.isnan(result['medium']['js_divergence'])
   assert result['all']['n'] == 40 and result['high']['n'] == 20
-  assert result['low']['js_divergence'] == pytest.approx(
-      metrics.js_divergence(ref[:15], pred[:15]).mean())
+  assert result['low']['js_divergence'] == pytest.approx(metrics.js_divergence(ref[:15], pred[:15]).mean())
 
 
 def test_rejects_bad_input():

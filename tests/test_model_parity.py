@@ -17,13 +17,12 @@ import torch
 import transformers
 from flax import nnx
 
-from perax import audio as audio_lib
-from perax import features as features_lib
+from perax.data import audio as audio_lib
+from perax.data import features as features_lib
 from perax.models import cache as cache_lib
+from perax.models import loading, tiny
 from perax.models.audio_encoder import exact_frames
 from perax.models.layers import set_attention_implementation
-from perax.models import loading
-from perax.models import tiny
 
 FP32_TOLERANCE = 1e-4
 CACHE_TOLERANCE = 2e-5
@@ -38,21 +37,31 @@ SAMPLE_RATE = 16000
 # Tiny configs (perax.models.tiny overrides): GQA ratios 4/2, 6/3, 6/1 and 4/4, tied and untied
 # embeddings, odd widths and vocabulary, a sharded checkpoint.
 CONFIGS = {
-    'gqa4_2': {},
-    'gqa6_3_sharded': dict(hidden_size=48, num_attention_heads=6, num_key_value_heads=3,
-                           intermediate_size=70, shards=3),
-    'gqa6_1_tied_odd': dict(hidden_size=36, num_attention_heads=6, num_key_value_heads=1,
-                            intermediate_size=45, num_hidden_layers=3, tie_word_embeddings=True,
-                            d_model=24, encoder_attention_heads=3, encoder_ffn_dim=40,
-                            encoder_layers=1),
-    'mha4_4': dict(num_key_value_heads=4, vocab_size=1093, encoder_ffn_dim=50),
+  'gqa4_2': {},
+  'gqa6_3_sharded': dict(
+    hidden_size=48, num_attention_heads=6, num_key_value_heads=3, intermediate_size=70, shards=3
+  ),
+  'gqa6_1_tied_odd': dict(
+    hidden_size=36,
+    num_attention_heads=6,
+    num_key_value_heads=1,
+    intermediate_size=45,
+    num_hidden_layers=3,
+    tie_word_embeddings=True,
+    d_model=24,
+    encoder_attention_heads=3,
+    encoder_ffn_dim=40,
+    encoder_layers=1,
+  ),
+  'mha4_4': dict(num_key_value_heads=4, vocab_size=1093, encoder_ffn_dim=50),
 }
 QUESTION = 'What emotion does the speaker express? Answer with the label only.'
 
 
 def chat_prompt(processor, question=QUESTION):
-  messages = [{'role': 'user', 'content': [{'type': 'audio', 'audio': 'clip.wav'},
-                                           {'type': 'text', 'text': question}]}]
+  messages = [
+    {'role': 'user', 'content': [{'type': 'audio', 'audio': 'clip.wav'}, {'type': 'text', 'text': question}]}
+  ]
   return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
@@ -81,8 +90,7 @@ def decoder_logits(model, embeds, attention_mask):
 def forward(model, input_ids, features, feature_lengths, attention_mask):
   """Encode, merge, full forward: logits [B, L, V] (two jitted parts, so the encoder's compilation
   is shared with the other tests)."""
-  return decoder_logits(model, prompt_embeds(model, input_ids, features, feature_lengths),
-                        attention_mask)
+  return decoder_logits(model, prompt_embeds(model, input_ids, features, feature_lengths), attention_mask)
 
 
 @nnx.jit
@@ -100,14 +108,20 @@ def greedy(model, embeds, attention_mask, steps):
   batch, length = attention_mask.shape
   cache = cache_lib.init_cache(model.config, batch, length + steps, embeds.dtype)
   positions = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0)
-  logits, cache = model(inputs_embeds=embeds, positions=positions, attention_mask=attention_mask,
-                        cache=cache, logits_at=jnp.full((batch, 1), length - 1))
+  logits, cache = model(
+    inputs_embeds=embeds,
+    positions=positions,
+    attention_mask=attention_mask,
+    cache=cache,
+    logits_at=jnp.full((batch, 1), length - 1),
+  )
 
   def step(carry, _):
     step_logits, position, cache = carry
     token = jnp.argmax(step_logits, axis=-1)
-    next_logits, cache = model(token[:, None], positions=position[:, None],
-                               attention_mask=jnp.ones((batch, 1), jnp.bool_), cache=cache)
+    next_logits, cache = model(
+      token[:, None], positions=position[:, None], attention_mask=jnp.ones((batch, 1), jnp.bool_), cache=cache
+    )
     return (next_logits[:, 0], position + 1, cache), (token, step_logits)
 
   start = (logits[:, 0], positions[:, -1] + 1, cache)
@@ -119,14 +133,17 @@ def hf_greedy(case):
   """HF's ``generate(do_sample=False)`` of NEW_TOKENS tokens (no stop): tokens, per-step logits."""
   case.hf.generation_config.eos_token_id = None  # else generate merges in the checkpoint's eos
   generation = transformers.GenerationConfig(
-      do_sample=False, max_new_tokens=NEW_TOKENS, pad_token_id=0, output_logits=True,
-      return_dict_in_generate=True)
+    do_sample=False,
+    max_new_tokens=NEW_TOKENS,
+    pad_token_id=0,
+    output_logits=True,
+    return_dict_in_generate=True,
+  )
   with torch.no_grad():
     out = case.hf.generate(**case.inputs, generation_config=generation)
   assert out.sequences.shape[1] == case.inputs['input_ids'].shape[1] + NEW_TOKENS
   prompt_length = case.inputs['input_ids'].shape[1]
-  return (out.sequences[:, prompt_length:].numpy(),
-          torch.stack(out.logits, dim=1).float().numpy())
+  return (out.sequences[:, prompt_length:].numpy(), torch.stack(out.logits, dim=1).float().numpy())
 
 
 def exact_bucket(clip: np.ndarray) -> int:
@@ -138,8 +155,14 @@ def exact_bucket(clip: np.ndarray) -> int:
 def hf_inputs(processor, clips, questions=None, padding_side='left'):
   questions = questions or [QUESTION] * len(clips)
   prompts = [chat_prompt(processor, question) for question in questions]
-  return processor(text=prompts, audio=list(clips), sampling_rate=SAMPLE_RATE,
-                   return_tensors='pt', padding=True, padding_side=padding_side)
+  return processor(
+    text=prompts,
+    audio=list(clips),
+    sampling_rate=SAMPLE_RATE,
+    return_tensors='pt',
+    padding=True,
+    padding_side=padding_side,
+  )
 
 
 def perax_args(inputs, features=None, feature_lengths=None):
@@ -148,9 +171,12 @@ def perax_args(inputs, features=None, feature_lengths=None):
   if features is None:
     features = inputs['input_features'].numpy()
     feature_lengths = inputs['feature_attention_mask'].numpy().sum(-1)
-  return (jnp.asarray(inputs['input_ids'].numpy()), jnp.asarray(features),
-          jnp.asarray(feature_lengths, jnp.int32),
-          jnp.asarray(inputs['attention_mask'].numpy().astype(bool)))
+  return (
+    jnp.asarray(inputs['input_ids'].numpy()),
+    jnp.asarray(features),
+    jnp.asarray(feature_lengths, jnp.int32),
+    jnp.asarray(inputs['attention_mask'].numpy().astype(bool)),
+  )
 
 
 class Case:
@@ -161,7 +187,8 @@ class Case:
     overrides = dict(CONFIGS[name])
     self.path = tiny.make_tiny_checkpoint(directory, seed=len(name), **overrides)
     self.hf = transformers.Qwen2AudioForConditionalGeneration.from_pretrained(
-        self.path, attn_implementation='eager').eval()
+      self.path, attn_implementation='eager'
+    ).eval()
     self.model, self.config, self.processor = loading.load_model(self.path)
     self.clip = synthetic_clip(2.0, seed=3)
     self.inputs = hf_inputs(self.processor, [self.clip])
@@ -191,8 +218,9 @@ def test_prompt_logits_match_hf(case):
 
 def test_greedy_continuation_matches_hf_generate(case):
   ids, features, lengths, mask = perax_args(case.inputs)
-  tokens, step_logits = greedy(case.model, prompt_embeds(case.model, ids, features, lengths), mask,
-                               steps=NEW_TOKENS)
+  tokens, step_logits = greedy(
+    case.model, prompt_embeds(case.model, ids, features, lengths), mask, steps=NEW_TOKENS
+  )
   hf_tokens, hf_step_logits = hf_greedy(case)
   np.testing.assert_array_equal(np.asarray(tokens), hf_tokens)
   np.testing.assert_allclose(np.asarray(step_logits), hf_step_logits, rtol=0, atol=FP32_TOLERANCE)
@@ -205,12 +233,12 @@ def test_cache_decoding_equals_full_forward(base_case):
   embeds = prompt_embeds(case.model, ids, features, lengths)
   tokens, step_logits = greedy(case.model, embeds, mask, steps=NEW_TOKENS)
   # Generated ids are embedded as text, even a generated <|AUDIO|> id, as in HF's decode steps.
-  continued = jnp.concatenate(
-      [embeds, case.model.language_model.embed_tokens(tokens[:, :-1])], axis=1)
+  continued = jnp.concatenate([embeds, case.model.language_model.embed_tokens(tokens[:, :-1])], axis=1)
   full = np.asarray(decoder_logits(case.model, continued, jnp.ones(continued.shape[:2], bool)))
   prompt_length = ids.shape[1]
-  np.testing.assert_allclose(np.asarray(step_logits), full[:, prompt_length - 1:], rtol=0,
-                             atol=CACHE_TOLERANCE)
+  np.testing.assert_allclose(
+    np.asarray(step_logits), full[:, prompt_length - 1 :], rtol=0, atol=CACHE_TOLERANCE
+  )
 
 
 @pytest.mark.parametrize('padding_side', ['left', 'right'])
@@ -239,13 +267,14 @@ def test_bucketed_audio_embeddings_equal_hf_30s_embeddings(base_case, seconds):
   inputs = hf_inputs(case.processor, [clip])
   captured = []
   hook = case.hf.model.multi_modal_projector.register_forward_hook(
-      lambda module, args, output: captured.append(output.detach().numpy()))
+    lambda module, args, output: captured.append(output.detach().numpy())
+  )
   try:
     with torch.no_grad():
       case.hf(**inputs)
   finally:
     hook.remove()
-  hf_valid = captured[0][0, :int((inputs['input_ids'] == case.config.audio_token_id).sum())]
+  hf_valid = captured[0][0, : int((inputs['input_ids'] == case.config.audio_token_id).sum())]
 
   bucket_features, bucket_lengths = features_lib.batch_features([clip])
   frames = bucket_features.shape[-1]
@@ -267,8 +296,9 @@ def test_real_emodb_clips_match_hf(base_case, emodb_dir):
     inputs = hf_inputs(case.processor, [clip])
     with torch.no_grad():
       expected = case.hf(**inputs).logits.numpy()
-    np.testing.assert_allclose(np.asarray(forward(case.model, *perax_args(inputs))), expected,
-                               rtol=0, atol=FP32_TOLERANCE)
+    np.testing.assert_allclose(
+      np.asarray(forward(case.model, *perax_args(inputs))), expected, rtol=0, atol=FP32_TOLERANCE
+    )
     features, lengths = features_lib.batch_features([clip], bucket_seconds=exact_bucket(clip))
     bucketed = np.asarray(forward(case.model, *perax_args(inputs, features, lengths)))
     np.testing.assert_allclose(bucketed, expected, rtol=0, atol=FP32_TOLERANCE)
@@ -306,16 +336,16 @@ def test_return_hidden_gives_hf_final_normed_states(base_case):
   case = base_case
   captured = []
   hook = case.hf.model.language_model.norm.register_forward_hook(
-      lambda module, args, output: captured.append(output.detach().numpy()))
+    lambda module, args, output: captured.append(output.detach().numpy())
+  )
   try:
     with torch.no_grad():
       case.hf(**case.inputs)
   finally:
     hook.remove()
-  ids, features, lengths, mask = perax_args(case.inputs)
+  ids, features, lengths, _mask = perax_args(case.inputs)
   embeds = prompt_embeds(case.model, ids, features, lengths)
-  logits, cache, hidden = nnx.jit(lambda m, e: m(inputs_embeds=e, return_hidden=True))(
-      case.model, embeds)
+  logits, cache, hidden = nnx.jit(lambda m, e: m(inputs_embeds=e, return_hidden=True))(case.model, embeds)
   assert cache is None and hidden.shape == (*ids.shape, case.config.text.hidden_size)
   np.testing.assert_allclose(np.asarray(hidden), captured[0], rtol=0, atol=FP32_TOLERANCE)
   np.testing.assert_allclose(np.asarray(logits), case.hf_logits, rtol=0, atol=FP32_TOLERANCE)

@@ -5,14 +5,12 @@ import dataclasses
 import pathlib
 
 import pytest
-
-from perax import pipeline
-from perax.errors import InputError
-
 from chromium_check import rendered_body
 
-SMALL = dict(votes_per_utterance=2, max_new_tokens=2, train_steps=6, bootstrap=20, sparse_k=(1, 3),
-             repeats=1)
+from perax import pipeline
+from perax.core.errors import InputError
+
+SMALL = dict(votes_per_utterance=2, max_new_tokens=2, train_steps=6, bootstrap=20, sparse_k=(1, 3), repeats=1)
 
 
 @pytest.fixture(scope='module')
@@ -31,9 +29,14 @@ def test_every_stage_ran_and_wrote_its_outputs(run):
   for stage in pipeline.STAGES:
     assert (out / 'stages' / f'{stage}.json').is_file()
     assert f'[{stage}] running' in lines
-  for path in (outputs['proxies']['sample'], outputs['proxies']['score'],
-               outputs['distributions']['human'], outputs['distributions']['combined'],
-               outputs['augment']['train']['utterances'], outputs['augment']['eval']['utterances']):
+  for path in (
+    outputs['proxies']['sample'],
+    outputs['proxies']['score'],
+    outputs['distributions']['human'],
+    outputs['distributions']['combined'],
+    outputs['augment']['train']['utterances'],
+    outputs['augment']['eval']['utterances'],
+  ):
     assert pathlib.Path(path).is_file(), path
   assert outputs['train']['final_step'] == SMALL['train_steps']
   assert set(outputs['evaluate']['metrics']) == {'test', 'test_balanced'}
@@ -51,11 +54,15 @@ def test_analysis_compares_sparse_votes_proxies_and_combinations_to_the_dense_re
 
 
 def test_report_shows_what_ran_and_its_plots_render(run, tmp_path):
-  config, outputs, _ = run
+  _config, outputs, _ = run
   html = pathlib.Path(outputs['report']['html'])
   text = html.read_text(encoding='utf-8')
-  for heading in ('What ran', 'Fine-tuning the distributional head', 'Evaluation',
-                  'recover the dense reference'):
+  for heading in (
+    'What ran',
+    'Fine-tuning the distributional head',
+    'Evaluation',
+    'recover the dense reference',
+  ):
     assert heading in text
   assert text.count('data:image/png;base64,') >= 4
   assert pathlib.Path(outputs['report']['markdown']).is_file()

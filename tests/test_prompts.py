@@ -7,10 +7,10 @@ import pytest
 import torch
 import transformers
 
-from perax import features
-from perax import prompts
-from perax.errors import InputError
+from perax.core.errors import InputError
+from perax.data import features
 from perax.models.tiny import make_tiny_checkpoint
+from perax.raters import prompts
 
 LABELS = ('neutral', 'happy', 'sad', 'angry')
 SAMPLE_RATE = 16000
@@ -32,8 +32,9 @@ def test_default_config_follows_the_field_notes():
   default = prompts.load_prompts()
   assert [p.prompt_id for p in default] == ['direct']
   assert default[0].question(LABELS) == (
-      'What emotion does the speaker express? Choose exactly one of: neutral, happy, sad, angry. '
-      'Answer with the label only.')
+    'What emotion does the speaker express? Choose exactly one of: neutral, happy, sad, angry. '
+    'Answer with the label only.'
+  )
   every = prompts.load_prompts(prompt_ids=['listener', 'direct_transcript'])
   assert [p.uses_transcript for p in every] == [False, True]
   assert '"I am fine."' in every[1].question(LABELS, 'I am fine.')
@@ -41,15 +42,14 @@ def test_default_config_follows_the_field_notes():
 
 def test_config_errors_name_file_and_prompt(tmp_path):
   with pytest.raises(InputError, match='unknown placeholders') as info:
-    prompts.load_prompts(_write(tmp_path, {'prompts': [
-        {'prompt_id': 'p', 'template': 'Pick {labels} for {speaker}'}]}))
+    prompts.load_prompts(
+      _write(tmp_path, {'prompts': [{'prompt_id': 'p', 'template': 'Pick {labels} for {speaker}'}]})
+    )
   assert info.value.path.endswith('prompts.json') and info.value.item == 'p'
   with pytest.raises(InputError, match=r'\{labels\}'):
-    prompts.load_prompts(_write(tmp_path, {'prompts': [{'prompt_id': 'p',
-                                                        'template': 'Pick one'}]}))
+    prompts.load_prompts(_write(tmp_path, {'prompts': [{'prompt_id': 'p', 'template': 'Pick one'}]}))
   with pytest.raises(InputError, match='duplicate'):
-    prompts.load_prompts(_write(tmp_path, {'prompts': [{'prompt_id': 'p',
-                                                        'template': '{labels}'}] * 2}))
+    prompts.load_prompts(_write(tmp_path, {'prompts': [{'prompt_id': 'p', 'template': '{labels}'}] * 2}))
   with pytest.raises(InputError, match='unknown prompt ids'):
     prompts.load_prompts(prompt_ids=['nope'])
   (tmp_path / 'bad.json').write_text('{"prompts": [\n  oops]}')
@@ -67,9 +67,15 @@ def test_audio_token_count_matches_hf_formula():
   np.testing.assert_array_equal(prompts.num_audio_tokens(lengths), expected.numpy())
 
 
-@pytest.mark.parametrize('seconds, system_prompt, prompt_id', [
-    (0.7, None, 'direct'), (3.33, 'You rate emotional speech.', 'listener'),
-    (5.0, None, 'direct_transcript'), (12.01, None, 'annotator')])
+@pytest.mark.parametrize(
+  'seconds, system_prompt, prompt_id',
+  [
+    (0.7, None, 'direct'),
+    (3.33, 'You rate emotional speech.', 'listener'),
+    (5.0, None, 'direct_transcript'),
+    (12.01, None, 'annotator'),
+  ],
+)
 def test_prompt_ids_equal_hf_processor(processor, seconds, system_prompt, prompt_id):
   waveform = np.random.default_rng(1).normal(0, 0.1, int(seconds * SAMPLE_RATE)).astype(np.float32)
   prompt = prompts.load_prompts(prompt_ids=[prompt_id])[0]

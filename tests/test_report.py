@@ -9,12 +9,11 @@ import re
 import numpy as np
 import pyarrow as pa
 import pytest
-
-from perax import plots
-from perax import report
-from perax.errors import InputError
-
 from chromium_check import rendered_body
+
+from perax.analysis import plots, report
+from perax.core.errors import InputError
+
 
 class _Collector(html.parser.HTMLParser):
   """Collects img sources, every href/src, and table cell texts of an HTML page."""
@@ -41,22 +40,29 @@ class _Collector(html.parser.HTMLParser):
 
 @pytest.fixture(scope='module')
 def written(tmp_path_factory):
-  """A report with two plots drawn by perax.plots, a pyarrow table and a row-dict table."""
+  """A report with two plots drawn by perax.analysis.plots, a pyarrow table and a row-dict table."""
   out = tmp_path_factory.mktemp('report')
   rng = np.random.default_rng(0)
   entropy = rng.random(300)
   levels = np.where(entropy <= 0.3, 'low', np.where(entropy <= 0.6, 'medium', 'high'))
   histogram = plots.ambiguity_histogram(entropy, levels, (0.3, 0.6), out / 'histogram.png')
-  confusion = plots.confusion_matrix(np.array([[5, 1], [2, 7]]), ('happy', 'sad'),
-                                     ('human', 'proxy'), out / 'confusion.png')
+  confusion = plots.confusion_matrix(
+    np.array([[5, 1], [2, 7]]), ('happy', 'sad'), ('human', 'proxy'), out / 'confusion.png'
+  )
   sections = [
-      report.Section('What ran', paragraphs=('A <test> & its data.',),
-                     facts={'command': 'analyze --x=1', 'utterances': 300, 'kappa': 2.5}),
-      report.Section('Tables', tables=(
-          report.Table('Arrow table', pa.table({'level': ['low', 'high'], 'js': [0.123456, 0.5]})),
-          report.Table('Row dicts', [{'k': 1, 'value': float('nan')}, {'k': 2, 'value': 3.0}]),
-      ), figures=(report.Figure('Entropy histogram', histogram),
-                  report.Figure('Confusion', confusion))),
+    report.Section(
+      'What ran',
+      paragraphs=('A <test> & its data.',),
+      facts={'command': 'analyze --x=1', 'utterances': 300, 'kappa': 2.5},
+    ),
+    report.Section(
+      'Tables',
+      tables=(
+        report.Table('Arrow table', pa.table({'level': ['low', 'high'], 'js': [0.123456, 0.5]})),
+        report.Table('Row dicts', [{'k': 1, 'value': float('nan')}, {'k': 2, 'value': 3.0}]),
+      ),
+      figures=(report.Figure('Entropy histogram', histogram), report.Figure('Confusion', confusion)),
+    ),
   ]
   paths = report.write_report(out, 'Test report', sections)
   return out, paths, (histogram, confusion)
@@ -94,8 +100,9 @@ def test_figure_that_is_not_a_png_is_an_input_error(tmp_path):
   with pytest.raises(InputError, match='not a PNG'):
     report.write_report(tmp_path, 't', [report.Section('s', figures=(report.Figure('f', fake),))])
   with pytest.raises(InputError, match='cannot read figure'):
-    report.write_report(tmp_path, 't', [report.Section('s', figures=(
-        report.Figure('f', str(tmp_path / 'missing.png')),))])
+    report.write_report(
+      tmp_path, 't', [report.Section('s', figures=(report.Figure('f', str(tmp_path / 'missing.png')),))]
+    )
 
 
 def test_plots_render_in_headless_chromium(written, tmp_path):
@@ -108,8 +115,9 @@ def test_plots_render_in_headless_chromium(written, tmp_path):
 def test_chromium_check_catches_a_broken_image(tmp_path):
   broken = tmp_path / 'broken.png'
   broken.write_bytes(report.PNG_SIGNATURE + b'garbage, not image data')
-  paths = report.write_report(tmp_path, 'Broken', [
-      report.Section('s', figures=(report.Figure('broken', broken),))])
+  paths = report.write_report(
+    tmp_path, 'Broken', [report.Section('s', figures=(report.Figure('broken', broken),))]
+  )
   body = rendered_body(pathlib.Path(paths.html), tmp_path)
   assert 'data-images-total="1"' in body
   assert 'data-images-broken="1"' in body

@@ -1,24 +1,25 @@
-"""perax.sampler against HF transformers on tiny random Qwen2-Audio checkpoints (float32, CPU).
+"""perax.raters.sampler against HF transformers on tiny random Qwen2-Audio checkpoints (float32, CPU).
 
 One tiny checkpoint serves greedy decoding (vs ``generate``), exact label scores (vs HF's
 teacher-forced probabilities) and constrained sampling; a second one, edited into a "label-loving"
 model that mostly answers with a label, checks that sampled vote frequencies follow the scores.
 """
 
+import itertools
+
+import jax
 import numpy as np
 import pytest
 import scipy.stats
 import torch
 import transformers
+from jax.sharding import Mesh
 from safetensors import numpy as safetensors_numpy
 
-import jax
-from jax.sharding import Mesh
-
-from perax import prompts
-from perax import sampler as sampler_lib
 from perax.models import loading
 from perax.models.tiny import make_tiny_checkpoint
+from perax.raters import prompts
+from perax.raters import sampler as sampler_lib
 
 LABELS = ('neutral', 'happy', 'sad', 'angry')
 SAMPLE_RATE = 16000
@@ -38,13 +39,16 @@ class Tiny:
     self.processor = loading.load_processor(path)
     self.tokenizer = self.processor.tokenizer
     self.hf = transformers.Qwen2AudioForConditionalGeneration.from_pretrained(
-        path, dtype=torch.float32).eval()
+      path, dtype=torch.float32
+    ).eval()
     self.model, _, _ = loading.load_model(path, with_processor=False)
     self.sampler = sampler_lib.Sampler(self.model, self.tokenizer, batch_size=batch_size, mesh=mesh)
     question = prompts.load_prompts()[0].question(LABELS)
     self.text = prompts.render_chat(self.processor, question)
-    self.hf_inputs = [self.processor(text=self.text, audio=[clip], sampling_rate=SAMPLE_RATE,
-                                     return_tensors='pt') for clip in clips]
+    self.hf_inputs = [
+      self.processor(text=self.text, audio=[clip], sampling_rate=SAMPLE_RATE, return_tensors='pt')
+      for clip in clips
+    ]
     self.label_tokens = sampler_lib.LabelTokens.build(self.tokenizer, LABELS)
     self.eos = sampler_lib.eos_token_ids(self.tokenizer)
 
@@ -52,8 +56,7 @@ class Tiny:
     """perax inputs for clips ``rows`` (padded to the batch): HF's features cut to the bucket."""
     sampler = sampler or self.sampler
     rows = sampler_lib.pad_rows(rows, sampler.batch_size)
-    features = np.stack([self.hf_inputs[r]['input_features'][0, :, :BUCKET_FRAMES].numpy()
-                         for r in rows])
+    features = np.stack([self.hf_inputs[r]['input_features'][0, :, :BUCKET_FRAMES].numpy() for r in rows])
     lengths = np.asarray([int(self.hf_inputs[r]['feature_attention_mask'].sum()) for r in rows])
     audio = sampler.encode(features, lengths)
     prompt_ids = [self.hf_inputs[r]['input_ids'][0].numpy() for r in rows]
@@ -70,10 +73,13 @@ class Tiny:
     for ids, length in zip(self.label_tokens.ids, self.label_tokens.lengths):
       full = torch.cat([inputs['input_ids'], torch.from_numpy(ids[None, :length]).long()], dim=1)
       with torch.no_grad():
-        logits = self.hf(input_ids=full, attention_mask=torch.ones_like(full),
-                         input_features=inputs['input_features'],
-                         feature_attention_mask=inputs['feature_attention_mask']).logits[0]
-      out.append(logits[-length - 1:-1].double().numpy())
+        logits = self.hf(
+          input_ids=full,
+          attention_mask=torch.ones_like(full),
+          input_features=inputs['input_features'],
+          feature_attention_mask=inputs['feature_attention_mask'],
+        ).logits[0]
+      out.append(logits[-length - 1 : -1].double().numpy())
     return out
 
 
@@ -89,15 +95,15 @@ def tiny(tmp_path_factory):
 
 
 def test_greedy_votes_equal_hf_generate(tiny):
-  config = tiny.sampler.config(votes_per_clip=2, max_new_tokens=6, temperature=0.0,
-                               eos_ids=tiny.eos)
+  config = tiny.sampler.config(votes_per_clip=2, max_new_tokens=6, temperature=0.0, eos_ids=tiny.eos)
   audio, prompt_ids, utt_ids = tiny.encode([0, 1, 2, 3])
   tokens = tiny.sampler.sample(audio, prompt_ids, config, seed=0, utt_ids=utt_ids, prompt_id='p')
   for row, inputs in enumerate(tiny.hf_inputs):
     with torch.no_grad():
-      generated = tiny.hf.generate(**inputs, max_new_tokens=6, do_sample=False,
-                                   eos_token_id=list(tiny.eos), pad_token_id=tiny.eos[-1])
-    expected = generated[0, inputs['input_ids'].shape[1]:].tolist()
+      generated = tiny.hf.generate(
+        **inputs, max_new_tokens=6, do_sample=False, eos_token_id=list(tiny.eos), pad_token_id=tiny.eos[-1]
+      )
+    expected = generated[0, inputs['input_ids'].shape[1] :].tolist()
     for vote in tokens[row]:  # both greedy votes of a clip are the same
       assert vote[vote != sampler_lib.NO_TOKEN].tolist() == expected
 
@@ -106,22 +112,27 @@ def test_scores_equal_hf_teacher_forced_probabilities(tiny):
   audio, prompt_ids, _ = tiny.encode([0, 1, 2, 3])
   logp = tiny.sampler.score(audio, prompt_ids, tiny.label_tokens)
   for row in range(len(tiny.hf_inputs)):
-    hf_logp = np.array([
+    hf_logp = np.array(
+      [
         _log_softmax(logits)[np.arange(length), ids[:length]].sum()
-        for logits, ids, length in zip(tiny.hf_label_logits(row), tiny.label_tokens.ids,
-                                       tiny.label_tokens.lengths)])
+        for logits, ids, length in zip(
+          tiny.hf_label_logits(row), tiny.label_tokens.ids, tiny.label_tokens.lengths
+        )
+      ]
+    )
     np.testing.assert_allclose(logp[row], hf_logp, rtol=1e-4, atol=1e-3)
-    np.testing.assert_allclose(sampler_lib.normalise(logp[row:row + 1])[0],
-                               sampler_lib.normalise(hf_logp[None])[0], atol=1e-4)
+    np.testing.assert_allclose(
+      sampler_lib.normalise(logp[row : row + 1])[0], sampler_lib.normalise(hf_logp[None])[0], atol=1e-4
+    )
 
 
 def test_constrained_votes_are_labels_with_trie_probabilities(tiny):
   votes = 600
-  config = tiny.sampler.config(votes_per_clip=votes, max_new_tokens=4, constrained=True,
-                               eos_ids=tiny.eos)
+  config = tiny.sampler.config(votes_per_clip=votes, max_new_tokens=4, constrained=True, eos_ids=tiny.eos)
   audio, prompt_ids, utt_ids = tiny.encode([1])
-  tokens = tiny.sampler.sample(audio, prompt_ids, config, seed=5, utt_ids=utt_ids, prompt_id='p',
-                               label_tokens=tiny.label_tokens)[0]
+  tokens = tiny.sampler.sample(
+    audio, prompt_ids, config, seed=5, utt_ids=utt_ids, prompt_id='p', label_tokens=tiny.label_tokens
+  )[0]
   texts = tiny.sampler.texts(tokens[None])[0]
   assert set(texts) <= set(LABELS)
   # The constrained distribution: at each step, the model's softmax restricted to the trie's
@@ -131,8 +142,7 @@ def test_constrained_votes_are_labels_with_trie_probabilities(tiny):
     for t in range(length):
       trie_children.setdefault(tuple(ids[:t]), set()).add(int(ids[t]))
   expected = []
-  for logits, ids, length in zip(tiny.hf_label_logits(1), tiny.label_tokens.ids,
-                                 tiny.label_tokens.lengths):
+  for logits, ids, length in zip(tiny.hf_label_logits(1), tiny.label_tokens.ids, tiny.label_tokens.lengths):
     p = 1.0
     for t in range(length):
       allowed = sorted(trie_children[tuple(ids[:t])])
@@ -145,8 +155,9 @@ def test_constrained_votes_are_labels_with_trie_probabilities(tiny):
 
 
 def _sampling(tiny):
-  return tiny.sampler.config(votes_per_clip=3, max_new_tokens=5, temperature=0.7, top_k=20,
-                             top_p=0.9, eos_ids=tiny.eos)
+  return tiny.sampler.config(
+    votes_per_clip=3, max_new_tokens=5, temperature=0.7, top_k=20, top_p=0.9, eos_ids=tiny.eos
+  )
 
 
 def test_alone_equals_in_batch_and_sharded(tiny):
@@ -220,7 +231,7 @@ def _label_loving(path, label_tokens, tokenizer, scale=12.0, residual=0.05):
   followers = {}
   for ids, length in zip(label_tokens.ids, label_tokens.lengths):
     sequence = [newline] + ids[:length].tolist()
-    for previous, following in zip(sequence, sequence[1:]):
+    for previous, following in itertools.pairwise(sequence):
       followers.setdefault(previous, set()).add(following)
   tokens = sorted(set(followers) | {t for f in followers.values() for t in f})
   basis, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(hidden, len(tokens))))
@@ -236,25 +247,26 @@ def _label_loving(path, label_tokens, tokenizer, scale=12.0, residual=0.05):
 def test_sampled_vote_frequencies_follow_scores(tmp_path_factory):
   path = make_tiny_checkpoint(tmp_path_factory.mktemp('loving'), seed=4)
   processor = loading.load_processor(path)
-  _label_loving(path, sampler_lib.LabelTokens.build(processor.tokenizer, LABELS),
-                processor.tokenizer)
+  _label_loving(path, sampler_lib.LabelTokens.build(processor.tokenizer, LABELS), processor.tokenizer)
   loving = Tiny(path, _clips(CLIP_SECONDS[:2], seed=1), batch_size=2)
   votes = 2000
-  config = loving.sampler.config(votes_per_clip=votes, max_new_tokens=4, temperature=1.0,
-                                 eos_ids=loving.eos)
+  config = loving.sampler.config(votes_per_clip=votes, max_new_tokens=4, temperature=1.0, eos_ids=loving.eos)
   audio, prompt_ids, utt_ids = loving.encode([0, 1])
   tokens = loving.sampler.sample(audio, prompt_ids, config, seed=0, utt_ids=utt_ids, prompt_id='p')
   logp = loving.sampler.score(audio, prompt_ids, loving.label_tokens)
   for clip in range(2):
     # A vote counts for a label when its tokens are exactly the label and <|im_end|>, the event
     # whose probability the score is.
-    counts = np.array([
+    counts = np.array(
+      [
         sum(vote[:length].tolist() == ids[:length].tolist() for vote in tokens[clip])
-        for ids, length in zip(loving.label_tokens.ids, loving.label_tokens.lengths)])
+        for ids, length in zip(loving.label_tokens.ids, loving.label_tokens.lengths)
+      ]
+    )
     mass = np.exp(logp[clip]).sum()
     assert mass > 0.5 and counts.sum() > 0.5 * votes
     np.testing.assert_allclose(counts.sum() / votes, mass, atol=4 * np.sqrt(mass / votes))
-    expected = counts.sum() * sampler_lib.normalise(logp[clip:clip + 1])[0]
+    expected = counts.sum() * sampler_lib.normalise(logp[clip : clip + 1])[0]
     assert scipy.stats.chisquare(counts, expected).pvalue > 1e-3
     # The test has power: a distribution shifted by one label is rejected.
     assert scipy.stats.chisquare(counts, np.roll(expected, 1)).pvalue < 1e-6

@@ -5,16 +5,18 @@ import json
 import numpy as np
 import pytest
 
-from perax import tables
-from perax.errors import InputError, SkipCounter, handle
+from perax.core.errors import InputError, SkipCounter, handle
+from perax.data import tables
 
 
 def test_utterances_fill_defaults_and_keep_extra_columns():
-  table = tables.utterances_table([
+  table = tables.utterances_table(
+    [
       dict(utt_id='a', speaker='s1', split='train', corpus='x', gender='F'),
       dict(utt_id='b', speaker='s2', split='test', corpus='x', duration_s=1.5),
-  ])
-  assert table.column_names[:len(tables.UTTERANCE_SCHEMA)] == tables.UTTERANCE_SCHEMA.names
+    ]
+  )
+  assert table.column_names[: len(tables.UTTERANCE_SCHEMA)] == tables.UTTERANCE_SCHEMA.names
   rows = table.to_pylist()
   assert np.isnan(rows[0]['duration_s']) and rows[1]['duration_s'] == 1.5
   assert rows[0]['gender'] == 'F' and rows[1]['gender'] is None
@@ -27,8 +29,12 @@ def test_repeated_utt_id_is_named():
 
 
 def test_votes_default_weight_and_reject_unknown_source():
-  votes = tables.votes_table([dict(utt_id='a', rater='r', source='human', label='sad'),
-                              dict(utt_id='a', rater='q', source='synthetic', label='sad', weight=.5)])
+  votes = tables.votes_table(
+    [
+      dict(utt_id='a', rater='r', source='human', label='sad'),
+      dict(utt_id='a', rater='q', source='synthetic', label='sad', weight=0.5),
+    ]
+  )
   assert tables.column(votes, 'weight').tolist() == [1.0, 0.5]
   with pytest.raises(InputError, match="source \\['bot'\\]"):
     tables.votes_table([dict(utt_id='a', rater='r', source='bot', label='sad')])

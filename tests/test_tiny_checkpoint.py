@@ -14,15 +14,21 @@ from safetensors import safe_open
 
 from perax.models import tiny
 
-MESSAGES = [{'role': 'user', 'content': [
-    {'type': 'audio', 'audio': 'clip.wav'},
-    {'type': 'text', 'text': 'What emotion does the speaker express? Answer with the label only.'},
-]}]
+MESSAGES = [
+  {
+    'role': 'user',
+    'content': [
+      {'type': 'audio', 'audio': 'clip.wav'},
+      {'type': 'text', 'text': 'What emotion does the speaker express? Answer with the label only.'},
+    ],
+  }
+]
 EXPECTED_PROMPT = (
-    '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n'
-    '<|im_start|>user\nAudio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\n'
-    'What emotion does the speaker express? Answer with the label only.<|im_end|>\n'
-    '<|im_start|>assistant\n')
+  '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n'
+  '<|im_start|>user\nAudio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\n'
+  'What emotion does the speaker express? Answer with the label only.<|im_end|>\n'
+  '<|im_start|>assistant\n'
+)
 
 
 def read_weights(directory) -> dict[str, np.ndarray]:
@@ -53,17 +59,21 @@ def processor(checkpoint):
 @pytest.fixture(scope='module')
 def hf_model(checkpoint):
   model, info = transformers.Qwen2AudioForConditionalGeneration.from_pretrained(
-      checkpoint, output_loading_info=True)
+    checkpoint, output_loading_info=True
+  )
   return model.eval(), info
 
 
-@pytest.mark.parametrize('overrides', [
+@pytest.mark.parametrize(
+  'overrides',
+  [
     {},
     {'hidden_size': 48, 'num_attention_heads': 6, 'num_key_value_heads': 3, 'intermediate_size': 80},
     {'hidden_size': 48, 'num_attention_heads': 6, 'num_key_value_heads': 1, 'num_hidden_layers': 3},
     {'tie_word_embeddings': True, 'd_model': 24, 'encoder_attention_heads': 3, 'encoder_layers': 1},
     {'num_key_value_heads': 4, 'vocab_size': 1500, 'encoder_ffn_dim': 40},
-])
+  ],
+)
 def test_parameter_names_and_shapes_match_transformers(overrides):
   tokenizer = tiny.train_tokenizer()
   ids = {token: tokenizer.token_to_id(token) for token in tiny.SPECIAL_TOKENS}
@@ -79,8 +89,10 @@ def test_processor_loads_and_renders_the_instruct_chat_template(processor):
   assert processor.feature_extractor.feature_size == 128
   prompt = processor.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
   assert prompt == EXPECTED_PROMPT
-  assert processor.tokenizer.apply_chat_template(
-      MESSAGES, add_generation_prompt=True, tokenize=False) == EXPECTED_PROMPT
+  assert (
+    processor.tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
+    == EXPECTED_PROMPT
+  )
 
 
 def test_special_tokens_follow_the_trained_vocabulary_in_qwen_order(checkpoint, processor):
@@ -99,8 +111,13 @@ def test_special_tokens_follow_the_trained_vocabulary_in_qwen_order(checkpoint, 
 
 def test_transformers_tokenizer_encodes_like_the_raw_tokenizer(checkpoint, processor):
   raw = tokenizers.Tokenizer.from_file(str(pathlib.Path(checkpoint) / 'tokenizer.json'))
-  texts = [EXPECTED_PROMPT, ' neutral', 'Angry!', 'Guten Tag, wie geht es Ihnen? 3.14 ünïcödé 😀',
-           'Other: curious.\n\nThe speaker sounds sad.']
+  texts = [
+    EXPECTED_PROMPT,
+    ' neutral',
+    'Angry!',
+    'Guten Tag, wie geht es Ihnen? 3.14 ünïcödé 😀',
+    'Other: curious.\n\nThe speaker sounds sad.',
+  ]
   for text in texts:
     ids = raw.encode(text, add_special_tokens=False).ids
     assert processor.tokenizer.encode(text, add_special_tokens=False) == ids
@@ -117,8 +134,7 @@ def test_processor_expands_the_audio_token(processor, num_samples):
   assert tuple(inputs['input_features'].shape) == (1, 128, 3000)
 
 
-def test_transformers_loads_every_weight_and_gives_informative_logits(checkpoint, processor,
-                                                                        hf_model):
+def test_transformers_loads_every_weight_and_gives_informative_logits(checkpoint, processor, hf_model):
   model, info = hf_model
   assert not info['missing_keys'] and not info['unexpected_keys'] and not info['mismatched_keys']
   stored = read_weights(checkpoint)
@@ -150,7 +166,8 @@ def test_sharded_checkpoint_loads_the_same_weights(tmp_path, checkpoint):
   assert set(index['weight_map']) == set(single)
   assert index['metadata']['total_size'] == sum(value.nbytes for value in single.values())
   model, info = transformers.Qwen2AudioForConditionalGeneration.from_pretrained(
-      sharded, output_loading_info=True)
+    sharded, output_loading_info=True
+  )
   assert not info['missing_keys'] and not info['unexpected_keys']
   for name, value in model.state_dict().items():
     np.testing.assert_array_equal(value.numpy(), single[name], err_msg=name)
@@ -161,11 +178,13 @@ def test_sharded_checkpoint_loads_the_same_weights(tmp_path, checkpoint):
 def test_tied_embeddings_store_the_head_as_a_copy(tmp_path):
   path = tiny.make_tiny_checkpoint(tmp_path / 'tied', tie_word_embeddings=True)
   model, info = transformers.Qwen2AudioForConditionalGeneration.from_pretrained(
-      path, output_loading_info=True)
+    path, output_loading_info=True
+  )
   assert not info['missing_keys']
   assert model.config.text_config.tie_word_embeddings
-  torch.testing.assert_close(model.lm_head.weight, model.model.language_model.embed_tokens.weight,
-                             rtol=0, atol=0)
+  torch.testing.assert_close(
+    model.lm_head.weight, model.model.language_model.embed_tokens.weight, rtol=0, atol=0
+  )
 
 
 def test_bfloat16_weights_are_the_rounded_float32_weights(tmp_path, checkpoint):

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from perax.train import checkpointing, head, mesh, optim, state as state_lib
+from perax.train import checkpointing, head, mesh, optim
+from perax.train import state as state_lib
 
 
 def _iterator():
@@ -26,8 +27,11 @@ def saved(tmp_path_factory):
   grads = jax.tree.map(jnp.ones_like, train_state.params)
   for _ in range(2):
     updates, opt_state = tx.update(grads, train_state.opt_state, train_state.params)
-    train_state = train_state.replace(step=train_state.step + 1, opt_state=opt_state,
-                                      params=jax.tree.map(jnp.add, train_state.params, updates))
+    train_state = train_state.replace(
+      step=train_state.step + 1,
+      opt_state=opt_state,
+      params=jax.tree.map(jnp.add, train_state.params, updates),
+    )
   iterator = _iterator()
   seen = [next(iterator) for _ in range(3)]
   directory = tmp_path_factory.mktemp('ckpt')
@@ -55,8 +59,12 @@ def test_restore_onto_a_2x4_mesh(saved):
   assert kernel.sharding.spec == jax.sharding.PartitionSpec('fsdp', None)
   assert {s.data.shape for s in kernel.addressable_shards} == {(4, 8)}
   adam_mu = jax.tree.leaves(restored.opt_state)
-  assert any(getattr(x, 'sharding', None) is not None and x.shape == (16, 8) and
-             x.sharding.spec == jax.sharding.PartitionSpec('fsdp', None) for x in adam_mu)
+  assert any(
+    getattr(x, 'sharding', None) is not None
+    and x.shape == (16, 8)
+    and x.sharding.spec == jax.sharding.PartitionSpec('fsdp', None)
+    for x in adam_mu
+  )
   np.testing.assert_array_equal(next(iterator), next_batch)
 
 

@@ -8,8 +8,8 @@ import pyarrow as pa
 import pytest
 
 from perax import distributions as dist
-from perax import tables
-from perax.errors import InputError
+from perax.core.errors import InputError
+from perax.data import tables
 from perax.train import data as data_lib
 from perax.train import mesh as mesh_lib
 
@@ -33,12 +33,14 @@ def test_split_by_fold_rebuilds_splits_and_levels():
   rng = np.random.default_rng(0)
   folds = [f'Session{1 + k % 5}' for k in range(60)]
   ids = [f'u{k:02d}' for k in range(60)]
-  utterances = tables.utterances_table({'utt_id': ids, 'fold': folds, 'split': ['train'] * 60,
-                                        'speaker': folds})
+  utterances = tables.utterances_table(
+    {'utt_id': ids, 'fold': folds, 'split': ['train'] * 60, 'speaker': folds}
+  )
   entropy = rng.uniform(size=60)
   entropy[7] = np.nan  # an utterance without human votes keeps no level
-  distributions = pa.table({'utt_id': ids, 'entropy_human': entropy,
-                            'ambiguity': pa.array(['low'] * 60, pa.string())})
+  distributions = pa.table(
+    {'utt_id': ids, 'entropy_human': entropy, 'ambiguity': pa.array(['low'] * 60, pa.string())}
+  )
   utts, dists = data_lib.split_by_fold(utterances, distributions, 'Session3', 'Session1')
   split = tables.column(utts, 'split')
   assert set(split[np.asarray(folds) == 'Session3']) == {'test'}

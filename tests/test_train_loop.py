@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import scipy.spatial.distance
 
-from perax import tables
+from perax.data import tables
 from perax.models import tiny
 from perax.train import data as data_lib
 from perax.train import evaluate, loop
@@ -29,8 +29,11 @@ STOP_AT = 15
 def compilation_cache(tmp_path_factory):
   """JAX's persistent compilation cache for this module: every train() and evaluation builds the
   same step programs anew, and the cache compiles each once."""
-  names = ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs',
-           'jax_persistent_cache_min_entry_size_bytes')
+  names = (
+    'jax_compilation_cache_dir',
+    'jax_persistent_cache_min_compile_time_secs',
+    'jax_persistent_cache_min_entry_size_bytes',
+  )
   saved = {name: getattr(jax.config, name) for name in names}
   jax.config.update('jax_compilation_cache_dir', str(tmp_path_factory.mktemp('jax_cache')))
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
@@ -99,8 +102,9 @@ def test_kill_and_resume_reproduces_the_losses_exactly(config, uninterrupted, tm
 
 
 def test_evaluate_writes_predictions_and_metrics(config, uninterrupted, tmp_path):
-  results = evaluate.evaluate_checkpoint(config, uninterrupted.workdir, 'best', str(tmp_path),
-                                         echo=lambda line: None)
+  results = evaluate.evaluate_checkpoint(
+    config, uninterrupted.workdir, 'best', str(tmp_path), echo=lambda line: None
+  )
   assert set(results) == {'test', 'test_balanced'}
   distributions = tables.read_table(config.data.distributions)
   utterances = tables.read_utterances(config.data.utterances)
@@ -115,7 +119,8 @@ def test_evaluate_writes_predictions_and_metrics(config, uninterrupted, tmp_path
   np.testing.assert_allclose(pred.sum(1), 1.0, rtol=1e-5)
   row = {u: k for k, u in enumerate(tables.column(distributions, 'utt_id'))}
   ref = np.stack([tables.column(distributions, c) for c in columns], axis=1)[
-      [row[u] for u in tables.column(predictions, 'utt_id')]]
+    [row[u] for u in tables.column(predictions, 'utt_id')]
+  ]
   report = json.loads((tmp_path / 'metrics_test.json').read_text())
   assert report['n'] == len(test_ids)
   assert set(report['metrics']) == {'low', 'medium', 'high', 'all'}
@@ -124,14 +129,15 @@ def test_evaluate_writes_predictions_and_metrics(config, uninterrupted, tmp_path
   # Accuracy against the reference majority, rows whose top labels tie left out (3 votes tie often).
   untied = (ref == ref.max(1, keepdims=True)).sum(1) == 1
   assert report['metrics']['all']['n_ties'] == int((~untied).sum())
-  np.testing.assert_allclose(report['metrics']['all']['accuracy'],
-                             np.mean(ref[untied].argmax(1) == pred[untied].argmax(1)))
+  np.testing.assert_allclose(
+    report['metrics']['all']['accuracy'], np.mean(ref[untied].argmax(1) == pred[untied].argmax(1))
+  )
   levels = tables.column(predictions, 'ambiguity')
-  assert sum(report['metrics'][level]['n'] for level in ('low', 'medium', 'high')) == \
-      int(sum(level is not None for level in levels))
+  assert sum(report['metrics'][level]['n'] for level in ('low', 'medium', 'high')) == int(
+    sum(level is not None for level in levels)
+  )
   assert '| all |' in (tmp_path / 'metrics_test.md').read_text()
 
   balanced = json.loads((tmp_path / 'metrics_test_balanced.json').read_text())
-  balanced_ids = tables.column(pq.read_table(tmp_path / 'predictions_test_balanced.parquet'),
-                               'utt_id')
+  balanced_ids = tables.column(pq.read_table(tmp_path / 'predictions_test_balanced.parquet'), 'utt_id')
   assert balanced['n'] == len(balanced_ids) >= len(test_ids)

@@ -4,8 +4,8 @@ results."""
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import scipy.special
 import scipy.spatial.distance
+import scipy.special
 import scipy.stats
 
 from perax.train import head, losses, mesh, optim
@@ -25,35 +25,37 @@ def test_kl_matches_scipy(logits_and_targets):
   logits, targets = logits_and_targets
   q = scipy.special.softmax(logits.astype(np.float64), axis=1)
   expected = [scipy.stats.entropy(t, p) for t, p in zip(targets, q)]
-  np.testing.assert_allclose(losses.kl_divergence(jnp.asarray(logits), jnp.asarray(targets)),
-                             expected, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    losses.kl_divergence(jnp.asarray(logits), jnp.asarray(targets)), expected, rtol=1e-5, atol=1e-6
+  )
 
 
 def test_kl_is_zero_at_the_target():
   targets = np.array([[0.2, 0.3, 0.5], [1.0, 0.0, 0.0]], np.float32)
   logits = np.log(np.maximum(targets, 1e-30))
-  np.testing.assert_allclose(losses.kl_divergence(jnp.asarray(logits), jnp.asarray(targets)), 0,
-                             atol=1e-6)
+  np.testing.assert_allclose(losses.kl_divergence(jnp.asarray(logits), jnp.asarray(targets)), 0, atol=1e-6)
 
 
 def test_soft_cross_entropy_is_kl_plus_entropy(logits_and_targets):
   logits, targets = logits_and_targets
   q = scipy.special.softmax(logits.astype(np.float64), axis=1)
   expected = -(targets * np.log(q)).sum(1)
-  np.testing.assert_allclose(losses.soft_cross_entropy(jnp.asarray(logits), jnp.asarray(targets)),
-                             expected, rtol=1e-5)
+  np.testing.assert_allclose(
+    losses.soft_cross_entropy(jnp.asarray(logits), jnp.asarray(targets)), expected, rtol=1e-5
+  )
   entropy = np.array([scipy.stats.entropy(t) for t in targets])
-  np.testing.assert_allclose(expected - entropy,
-                             losses.kl_divergence(jnp.asarray(logits), jnp.asarray(targets)),
-                             rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(
+    expected - entropy, losses.kl_divergence(jnp.asarray(logits), jnp.asarray(targets)), rtol=1e-4, atol=1e-5
+  )
 
 
 def test_js_matches_scipy_in_bits(logits_and_targets):
   logits, targets = logits_and_targets
   q = scipy.special.softmax(logits.astype(np.float64), axis=1)
   expected = [scipy.spatial.distance.jensenshannon(t, p, base=2) ** 2 for t, p in zip(targets, q)]
-  np.testing.assert_allclose(losses.js_divergence(jnp.asarray(logits), jnp.asarray(targets)),
-                             expected, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(
+    losses.js_divergence(jnp.asarray(logits), jnp.asarray(targets)), expected, rtol=1e-4, atol=1e-6
+  )
 
 
 def test_class_weights_scale_each_class_term(logits_and_targets):
@@ -62,8 +64,10 @@ def test_class_weights_scale_each_class_term(logits_and_targets):
   q = scipy.special.softmax(logits.astype(np.float64), axis=1)
   expected = -(weights * targets * np.log(q)).sum(1)
   np.testing.assert_allclose(
-      losses.soft_cross_entropy(jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(weights)),
-      expected, rtol=1e-5)
+    losses.soft_cross_entropy(jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(weights)),
+    expected,
+    rtol=1e-5,
+  )
 
 
 def test_class_weights_from_targets():
@@ -86,9 +90,10 @@ def test_schedule_warms_up_then_decays_to_the_floor():
   np.testing.assert_allclose(float(schedule(100)), 1e-4, rtol=1e-5)
 
 
-@pytest.mark.parametrize('spec, devices, expected', [
-    ('2,4,1', 8, (2, 4, 1)), ('-1,1,1', 8, (8, 1, 1)), ('1,-1,2', 8, (1, 4, 2)),
-    ((1, 1, 1), 1, (1, 1, 1))])
+@pytest.mark.parametrize(
+  'spec, devices, expected',
+  [('2,4,1', 8, (2, 4, 1)), ('-1,1,1', 8, (8, 1, 1)), ('1,-1,2', 8, (1, 4, 2)), ((1, 1, 1), 1, (1, 1, 1))],
+)
 def test_parse_mesh_shape(spec, devices, expected):
   assert mesh.parse_mesh_shape(spec, devices) == expected
 
@@ -102,18 +107,21 @@ def test_parse_mesh_shape_rejects(spec):
 def test_pooling_last_valid_position_and_audio_mean():
   rng = np.random.default_rng(1)
   hidden = rng.normal(size=(3, 6, 4)).astype(np.float32)
-  mask = np.array([[0, 0, 1, 1, 1, 1],    # left padded: last valid is 5
-                   [1, 1, 1, 0, 0, 0],    # right padded: last valid is 2
-                   [0, 1, 1, 1, 1, 0]], bool)
-  np.testing.assert_array_equal(head.pool_last(jnp.asarray(hidden), jnp.asarray(mask)),
-                                hidden[[0, 1, 2], [5, 2, 4]])
+  mask = np.array(
+    [
+      [0, 0, 1, 1, 1, 1],  # left padded: last valid is 5
+      [1, 1, 1, 0, 0, 0],  # right padded: last valid is 2
+      [0, 1, 1, 1, 1, 0],
+    ],
+    bool,
+  )
+  np.testing.assert_array_equal(
+    head.pool_last(jnp.asarray(hidden), jnp.asarray(mask)), hidden[[0, 1, 2], [5, 2, 4]]
+  )
   audio = 7
-  ids = np.array([[0, 0, 1, 7, 7, 2],
-                  [7, 7, 7, 0, 0, 0],
-                  [0, 1, 2, 3, 4, 5]])
+  ids = np.array([[0, 0, 1, 7, 7, 2], [7, 7, 7, 0, 0, 0], [0, 1, 2, 3, 4, 5]])
   ids[1, 3] = audio  # an audio id on a padding position does not count
-  pooled = np.asarray(head.pool_audio_mean(jnp.asarray(hidden), jnp.asarray(ids),
-                                           jnp.asarray(mask), audio))
+  pooled = np.asarray(head.pool_audio_mean(jnp.asarray(hidden), jnp.asarray(ids), jnp.asarray(mask), audio))
   np.testing.assert_allclose(pooled[0], hidden[0, 3:5].mean(0), rtol=1e-6)
   np.testing.assert_allclose(pooled[1], hidden[1, 0:3].mean(0), rtol=1e-6)
   np.testing.assert_array_equal(pooled[2], 0.0)

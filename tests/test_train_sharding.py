@@ -30,8 +30,9 @@ WARMUP_STEPS = 2
 def checkpoint(tmp_path_factory):
   """perax.models.tiny's random checkpoint cut to one encoder and one decoder layer: hidden 32,
   4 query / 2 key-value heads of 8 (small programs compile fast)."""
-  return tiny.make_tiny_checkpoint(tmp_path_factory.mktemp('tiny'), seed=0, encoder_layers=1,
-                                   num_hidden_layers=1)
+  return tiny.make_tiny_checkpoint(
+    tmp_path_factory.mktemp('tiny'), seed=0, encoder_layers=1, num_hidden_layers=1
+  )
 
 
 def synthetic_batch(audio_token, batch_size=16, frames=200, seed=0):
@@ -47,40 +48,46 @@ def synthetic_batch(audio_token, batch_size=16, frames=200, seed=0):
   input_ids = np.zeros((batch_size, width), np.int32)
   mask = np.zeros((batch_size, width), bool)
   for b, row in enumerate(rows):
-    input_ids[b, width - len(row):] = row
-    mask[b, width - len(row):] = True
+    input_ids[b, width - len(row) :] = row
+    mask[b, width - len(row) :] = True
   return {
-      'input_features': (rng.normal(size=(batch_size, 128, frames))
-                         + (classes - 1.5)[:, None, None]).astype(np.float32),
-      'feature_lengths': lengths,
-      'input_ids': input_ids,
-      'attention_mask': mask,
-      'positions': np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int32),
-      'targets': np.stack([rng.dirichlet(1 + 8 * np.eye(NUM_CLASSES)[c]) for c in classes]
-                          ).astype(np.float32),
-      'example_mask': np.arange(batch_size) < batch_size - 2,
+    'input_features': (rng.normal(size=(batch_size, 128, frames)) + (classes - 1.5)[:, None, None]).astype(
+      np.float32
+    ),
+    'feature_lengths': lengths,
+    'input_ids': input_ids,
+    'attention_mask': mask,
+    'positions': np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int32),
+    'targets': np.stack([rng.dirichlet(1 + 8 * np.eye(NUM_CLASSES)[c]) for c in classes]).astype(np.float32),
+    'example_mask': np.arange(batch_size) < batch_size - 2,
   }
 
 
 def build(checkpoint, scope, compute_dtype='float32', head='linear'):
-  options = model_lib.ModelOptions(num_classes=NUM_CLASSES, scope=scope, head=head,
-                                   pooling='audio_mean' if head == 'mlp' else 'last',
-                                   lora_targets=('language_model/.*/q_proj', 'v_proj'))
+  options = model_lib.ModelOptions(
+    num_classes=NUM_CLASSES,
+    scope=scope,
+    head=head,
+    pooling='audio_mean' if head == 'mlp' else 'last',
+    lora_targets=('language_model/.*/q_proj', 'v_proj'),
+  )
   model, _, _, adapted = model_lib.build_model(checkpoint, options, compute_dtype=compute_dtype)
   graphdef, params, frozen = state_lib.split_model(model, scope)
   return graphdef, params, frozen, adapted
 
 
 def place(graphdef, params, frozen, mesh, *, microbatches=1, learning_rate=LEARNING_RATE):
-  tx, schedule = optim.make_optimizer(learning_rate=learning_rate, total_steps=TOTAL_STEPS,
-                                      warmup_steps=WARMUP_STEPS)
+  tx, schedule = optim.make_optimizer(
+    learning_rate=learning_rate, total_steps=TOTAL_STEPS, warmup_steps=WARMUP_STEPS
+  )
   # Copies: the step donates its state, and device_put may alias the fixture's buffers.
   params, frozen = jax.tree.map(jnp.copy, (params, frozen))
   train_state = state_lib.create_train_state(params, frozen, tx)
   shardings = mesh_lib.state_shardings(train_state, mesh)
   train_state = jax.device_put(train_state, shardings)
-  fn = step.make_train_step(graphdef, loss='kl', tx=tx, schedule=schedule, mesh=mesh,
-                            num_microbatches=microbatches)
+  fn = step.make_train_step(
+    graphdef, loss='kl', tx=tx, schedule=schedule, mesh=mesh, num_microbatches=microbatches
+  )
   return train_state, step.train_step_compiler(fn, shardings, mesh)
 
 
@@ -171,8 +178,7 @@ def test_accumulated_step_on_2x4_matches_the_one_device_gradients(full, batch, o
   AdamW update as optax applied on the host to the single-device gradients of the head."""
   graphdef, params, frozen, _ = full
   loss_one, _, grads_one = one_device
-  head_graphdef, head_params, head_frozen = state_lib.split_model(
-      nnx.merge(graphdef, params, frozen), 'head')
+  head_graphdef, head_params, head_frozen = state_lib.split_model(nnx.merge(graphdef, params, frozen), 'head')
   head_grads = grads_one['head']
   mesh = mesh_lib.make_mesh('2,4,1')
   train_state, compiled = place(head_graphdef, head_params, head_frozen, mesh, microbatches=2)
@@ -181,23 +187,25 @@ def test_accumulated_step_on_2x4_matches_the_one_device_gradients(full, batch, o
   norm = np.sqrt(sum(np.sum(np.square(g, dtype=np.float64)) for g in jax.tree.leaves(head_grads)))
   np.testing.assert_allclose(float(metrics['grad_norm']), norm, rtol=1e-4)
   assert float(metrics['examples']) == batch['example_mask'].sum()
-  tx, _ = optim.make_optimizer(learning_rate=LEARNING_RATE, total_steps=TOTAL_STEPS,
-                               warmup_steps=WARMUP_STEPS)
+  tx, _ = optim.make_optimizer(
+    learning_rate=LEARNING_RATE, total_steps=TOTAL_STEPS, warmup_steps=WARMUP_STEPS
+  )
   updates, _ = tx.update(head_grads, tx.init(head_params['head']), head_params['head'])
   expected = optax.apply_updates(head_params['head'], updates)
   got = jax.device_get(train_state.params['head'])
   assert len(jax.tree.leaves(expected)) == len(jax.tree.leaves(got)) > 0
   for want, have in zip(jax.tree.leaves(expected), jax.tree.leaves(got)):
     # Adam divides by the gradient's scale: compare updates to a small share of the rate.
-    np.testing.assert_allclose(np.asarray(have), np.asarray(want), rtol=1e-4,
-                               atol=1e-3 * LEARNING_RATE)
+    np.testing.assert_allclose(np.asarray(have), np.asarray(want), rtol=1e-4, atol=1e-3 * LEARNING_RATE)
 
 
 def test_lora_starts_at_the_base_model_and_trains_only_adapters_and_head(checkpoint, batch):
   graphdef, params, frozen, adapted = build(checkpoint, 'lora', head='mlp')
-  assert adapted == ['audio_tower/layers/0/self_attn/v_proj',
-                     'language_model/layers/0/self_attn/q_proj',
-                     'language_model/layers/0/self_attn/v_proj']
+  assert adapted == [
+    'audio_tower/layers/0/self_attn/v_proj',
+    'language_model/layers/0/self_attn/q_proj',
+    'language_model/layers/0/self_attn/v_proj',
+  ]
   trainable = {'/'.join(map(str, p)) for p, _ in nnx.to_flat_state(params)}
   assert all(p.startswith('head/') or p.endswith(('lora_a', 'lora_b')) for p in trainable)
   assert len([p for p in trainable if p.endswith('lora_b')]) == len(adapted)
@@ -217,8 +225,9 @@ def test_lora_starts_at_the_base_model_and_trains_only_adapters_and_head(checkpo
     for key in parents:
       parent = parent[int(key)] if key.isdigit() else getattr(parent, key)
     setattr(parent, name, getattr(parent, name).base)
-  np.testing.assert_allclose(np.asarray(with_lora(inputs)), np.asarray(base_params(inputs)),
-                             rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(with_lora(inputs)), np.asarray(base_params(inputs)), rtol=1e-6, atol=1e-6
+  )
 
   before_frozen = jax.device_get(train_state.frozen)
   before = jax.device_get(train_state.params)
@@ -228,8 +237,9 @@ def test_lora_starts_at_the_base_model_and_trains_only_adapters_and_head(checkpo
   after = dict(nnx.to_flat_state(jax.device_get(train_state.params)))
   for path, variable in nnx.to_flat_state(before):
     assert not np.array_equal(after[path][...], variable[...]), path
-  for (path, old), (_, new) in zip(nnx.to_flat_state(before_frozen),
-                                   nnx.to_flat_state(jax.device_get(train_state.frozen))):
+  for (path, old), (_, new) in zip(
+    nnx.to_flat_state(before_frozen), nnx.to_flat_state(jax.device_get(train_state.frozen))
+  ):
     np.testing.assert_array_equal(new[...], old[...], err_msg=str(path))
 
 

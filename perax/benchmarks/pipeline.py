@@ -23,35 +23,40 @@ import os
 import tempfile
 import time
 
-from absl import flags
 import numpy as np
 import pyarrow as pa
 import threadpoolctl
 import transformers
+from absl import flags
 
-from perax import data_pipeline
-from perax import dime_aug
 from perax import distributions as dist
-from perax import prompts
-from perax.corpora import emodb
+from perax.augment import dime_aug, input_pipeline
+from perax.core.progress import Progress
+from perax.data.corpora import emodb
+from perax.data.tables import column
 from perax.models.tiny import make_tiny_checkpoint
-from perax.progress import Progress
-from perax.tables import column
+from perax.raters import prompts
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-_EMODB_DIR = flags.DEFINE_string('pipeline_emodb_dir',
-                                 os.path.join(os.path.dirname(_REPO), 'shared', 'data', 'emodb'),
-                                 'EmoDB directory (wav/ and perception.csv).')
-_CHECKPOINT = flags.DEFINE_string('pipeline_checkpoint', None, 'Checkpoint whose processor '
-                                  'tokenizes prompts; default: a tiny one built in a temp dir.')
+_EMODB_DIR = flags.DEFINE_string(
+  'pipeline_emodb_dir',
+  os.path.join(os.path.dirname(_REPO), 'shared', 'data', 'emodb'),
+  'EmoDB directory (wav/ and perception.csv).',
+)
+_CHECKPOINT = flags.DEFINE_string(
+  'pipeline_checkpoint',
+  None,
+  'Checkpoint whose processor tokenizes prompts; default: a tiny one built in a temp dir.',
+)
 _BATCH = flags.DEFINE_integer('pipeline_batch_size', 16, 'Global batch size.')
 _WORKERS = flags.DEFINE_integer('pipeline_workers', 0, 'Grain worker processes.')
 _THREADS = flags.DEFINE_integer('pipeline_threads', 2, 'Grain read threads per process.')
 _PASSES = flags.DEFINE_integer('pipeline_passes', 2, 'Passes over the data (the first decodes).')
 _PLAIN = flags.DEFINE_integer('pipeline_plain_examples', 100, 'Files for the plain loop.')
-_BLAS_THREADS = flags.DEFINE_integer('pipeline_blas_threads', 1,
-                                     'BLAS threads in this process (0: leave as is).')
+_BLAS_THREADS = flags.DEFINE_integer(
+  'pipeline_blas_threads', 1, 'BLAS threads in this process (0: leave as is).'
+)
 _SEED = flags.DEFINE_integer('pipeline_seed', 0, 'Seed of DiME-Aug and the shuffle.')
 
 
@@ -59,8 +64,10 @@ def _emodb_examples(path: str):
   """EmoDB's utterances (all in one split), targets from its perception test, a DiME-Aug plan."""
   corpus = emodb.load(path)
   utterances = corpus.utterances.set_column(
-      corpus.utterances.schema.get_field_index('split'), 'split',
-      pa.array(['train'] * corpus.utterances.num_rows))
+    corpus.utterances.schema.get_field_index('split'),
+    'split',
+    pa.array(['train'] * corpus.utterances.num_rows),
+  )
   targets, _ = dist.build_distributions(corpus.votes, label_set=emodb.NAME, utterances=utterances)
   labels = dist.resolve_label_set(emodb.NAME).labels
   edges = dime_aug.edges_from_split(utterances, targets, labels)
@@ -70,18 +77,27 @@ def _emodb_examples(path: str):
 
 def _time_perax(utterances, targets, labels, plan, processor) -> list[tuple[int, float, float]]:
   """(examples, audio seconds, seconds) of each pass, timed from the first batch on."""
-  config = data_pipeline.PipelineConfig(global_batch_size=_BATCH.value,
-                                        num_workers=_WORKERS.value, read_threads=_THREADS.value)
-  pipeline = data_pipeline.build_pipeline(
-      utterances, targets, labels, processor, prompts.load_prompts()[0], config, split='train',
-      plan=plan, seed=_SEED.value, num_epochs=_PASSES.value + 1)
+  config = input_pipeline.PipelineConfig(
+    global_batch_size=_BATCH.value, num_workers=_WORKERS.value, read_threads=_THREADS.value
+  )
+  pipeline = input_pipeline.build_pipeline(
+    utterances,
+    targets,
+    labels,
+    processor,
+    prompts.load_prompts()[0],
+    config,
+    split='train',
+    plan=plan,
+    seed=_SEED.value,
+    num_epochs=_PASSES.value + 1,
+  )
   iterator = iter(pipeline.dataset)
   next(iterator)  # start-up: workers, first decodes
   passes = []
   batches_left = pipeline.batches_per_epoch - 1
   for k in range(_PASSES.value):
-    progress = Progress(total=batches_left, unit='batches', what=f'perax pass {k + 1}',
-                        every_s=10.0)
+    progress = Progress(total=batches_left, unit='batches', what=f'perax pass {k + 1}', every_s=10.0)
     examples, audio_s, start = 0, 0.0, time.perf_counter()
     for _ in range(batches_left):
       batch = next(iterator)
@@ -103,8 +119,9 @@ class _NumpyWhisperFeatureExtractor(transformers.WhisperFeatureExtractor):
     return self._np_extract_fbank_features(waveform, device)
 
 
-def _time_plain(paths: list[str], extractor: transformers.WhisperFeatureExtractor,
-                what: str) -> tuple[int, float, float]:
+def _time_plain(
+  paths: list[str], extractor: transformers.WhisperFeatureExtractor, what: str
+) -> tuple[int, float, float]:
   """(examples, audio seconds, seconds) of librosa.load + ``extractor``, file by file."""
   import librosa  # pylint: disable=g-import-not-at-top  (only the baseline needs it)
 
@@ -132,13 +149,17 @@ def run() -> None:
     checkpoint = _CHECKPOINT.value or make_tiny_checkpoint(tmp)
     processor = transformers.AutoProcessor.from_pretrained(checkpoint)
   print(f'machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} (1 min)')
-  print(f'perax: {utterances.num_rows} recordings + {plan.num_rows} DiME-Aug examples, batch '
-        f'{_BATCH.value}, {_WORKERS.value} workers, {_THREADS.value} threads')
+  print(
+    f'perax: {utterances.num_rows} recordings + {plan.num_rows} DiME-Aug examples, batch '
+    f'{_BATCH.value}, {_WORKERS.value} workers, {_THREADS.value} threads'
+  )
   passes = _time_perax(utterances, targets, labels, plan, processor)
   for k, (examples, audio_s, seconds) in enumerate(passes):
-    print(f'perax pass {k + 1} ({"decoding" if k == 0 else "cached audio"}): {examples} examples, '
-          f'{examples / seconds:.1f} examples/s, {audio_s / seconds:.1f} audio-s/s')
-  paths = column(utterances, 'audio_path')[:_PLAIN.value].tolist()
+    print(
+      f'perax pass {k + 1} ({"decoding" if k == 0 else "cached audio"}): {examples} examples, '
+      f'{examples / seconds:.1f} examples/s, {audio_s / seconds:.1f} audio-s/s'
+    )
+  paths = column(utterances, 'audio_path')[: _PLAIN.value].tolist()
   default_path = 'torch' if transformers.utils.is_torch_available() else 'numpy'
   extractors = {default_path: transformers.WhisperFeatureExtractor(feature_size=128)}
   extractors.setdefault('numpy', _NumpyWhisperFeatureExtractor(feature_size=128))
@@ -147,11 +168,16 @@ def run() -> None:
     what = f'plain loop, {path_name} path'
     examples, audio_s, seconds = _time_plain(paths, extractor, what)
     plain_rates[path_name] = examples / seconds
-    print(f'{what}: {examples} examples, {examples / seconds:.1f} examples/s, '
-          f'{audio_s / seconds:.1f} audio-s/s')
+    print(
+      f'{what}: {examples} examples, {examples / seconds:.1f} examples/s, {audio_s / seconds:.1f} audio-s/s'
+    )
   print(f'machine load average after: {os.getloadavg()[0]:.2f}')
   perax_rate = passes[0][0] / passes[0][2]
-  print(f'examples/s perax={perax_rate:.1f} plain_numpy={plain_rates["numpy"]:.1f} '
-        f'ratio_numpy={perax_rate / plain_rates["numpy"]:.1f}')
-  print(f'examples/s perax={perax_rate:.1f} plain={plain_rates[default_path]:.1f} '
-        f'ratio={perax_rate / plain_rates[default_path]:.1f}')
+  print(
+    f'examples/s perax={perax_rate:.1f} plain_numpy={plain_rates["numpy"]:.1f} '
+    f'ratio_numpy={perax_rate / plain_rates["numpy"]:.1f}'
+  )
+  print(
+    f'examples/s perax={perax_rate:.1f} plain={plain_rates[default_path]:.1f} '
+    f'ratio={perax_rate / plain_rates[default_path]:.1f}'
+  )

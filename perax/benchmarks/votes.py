@@ -26,11 +26,11 @@ import time
 import numpy as np
 from absl import flags
 
-from perax import features
-from perax import prompts
-from perax import sampler as sampler_lib
+from perax.data import features
 from perax.models import loading
 from perax.models.tiny import make_tiny_checkpoint
+from perax.raters import prompts
+from perax.raters import sampler as sampler_lib
 
 _BATCH_SIZE = flags.DEFINE_integer('votes_batch_size', 8, 'Clips per batch.')
 _K = flags.DEFINE_integer('votes_k', 10, 'Votes per clip.')
@@ -79,32 +79,52 @@ def run() -> dict:
   batch, votes, new_tokens = _BATCH_SIZE.value, _K.value, _NEW_TOKENS.value
   with tempfile.TemporaryDirectory() as checkpoint:
     make_tiny_checkpoint(
-        checkpoint, seed=_SEED.value, d_model=_AUDIO_D_MODEL.value,
-        encoder_layers=_AUDIO_LAYERS.value, encoder_attention_heads=_AUDIO_HEADS.value,
-        encoder_ffn_dim=_AUDIO_FFN.value, hidden_size=_HIDDEN.value,
-        num_hidden_layers=_LAYERS.value, num_attention_heads=_HEADS.value,
-        num_key_value_heads=_KV_HEADS.value, intermediate_size=_INTERMEDIATE.value)
+      checkpoint,
+      seed=_SEED.value,
+      d_model=_AUDIO_D_MODEL.value,
+      encoder_layers=_AUDIO_LAYERS.value,
+      encoder_attention_heads=_AUDIO_HEADS.value,
+      encoder_ffn_dim=_AUDIO_FFN.value,
+      hidden_size=_HIDDEN.value,
+      num_hidden_layers=_LAYERS.value,
+      num_attention_heads=_HEADS.value,
+      num_key_value_heads=_KV_HEADS.value,
+      intermediate_size=_INTERMEDIATE.value,
+    )
     processor = loading.load_processor(checkpoint)
     hf_model = transformers.Qwen2AudioForConditionalGeneration.from_pretrained(
-        checkpoint, dtype=torch.float32).eval()
+      checkpoint, dtype=torch.float32
+    ).eval()
     model, _, _ = loading.load_model(checkpoint, with_processor=False)
 
   rng = np.random.default_rng(_SEED.value)
-  clips = [(0.1 * rng.normal(size=int(_CLIP_SECONDS.value * SAMPLE_RATE))).astype(np.float32)
-           for _ in range(batch)]
+  clips = [
+    (0.1 * rng.normal(size=int(_CLIP_SECONDS.value * SAMPLE_RATE))).astype(np.float32) for _ in range(batch)
+  ]
   text = prompts.render_chat(processor, prompts.load_prompts()[0].question(LABELS))
   eos = sampler_lib.eos_token_ids(processor.tokenizer)
-  print(f'setup: {batch} clips of {_CLIP_SECONDS.value} s, K={votes}, {new_tokens} new tokens; '
-        f'audio encoder d_model {_AUDIO_D_MODEL.value} x {_AUDIO_LAYERS.value} layers, decoder '
-        f'hidden {_HIDDEN.value} x {_LAYERS.value} layers, {_HEADS.value}/{_KV_HEADS.value} heads')
+  print(
+    f'setup: {batch} clips of {_CLIP_SECONDS.value} s, K={votes}, {new_tokens} new tokens; '
+    f'audio encoder d_model {_AUDIO_D_MODEL.value} x {_AUDIO_LAYERS.value} layers, decoder '
+    f'hidden {_HIDDEN.value} x {_LAYERS.value} layers, {_HEADS.value}/{_KV_HEADS.value} heads'
+  )
 
   def hf_votes(k):
-    inputs = processor(text=[text] * batch, audio=clips, sampling_rate=SAMPLE_RATE,
-                       return_tensors='pt', padding=True)
+    inputs = processor(
+      text=[text] * batch, audio=clips, sampling_rate=SAMPLE_RATE, return_tensors='pt', padding=True
+    )
     with torch.no_grad():
-      return hf_model.generate(**inputs, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
-                               num_return_sequences=k, max_new_tokens=new_tokens,
-                               eos_token_id=list(eos), pad_token_id=eos[-1])
+      return hf_model.generate(
+        **inputs,
+        do_sample=True,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        num_return_sequences=k,
+        max_new_tokens=new_tokens,
+        eos_token_id=list(eos),
+        pad_token_id=eos[-1],
+      )
 
   sampler = sampler_lib.Sampler(model, processor.tokenizer, batch_size=batch)
   encoder = prompts.PromptEncoder(processor)
@@ -117,11 +137,16 @@ def run() -> dict:
     return encoded, [encoder.ids(text, int(n)) for n in encoded.num_tokens]
 
   def perax_votes(k):
-    config = sampler.config(votes_per_clip=k, max_new_tokens=new_tokens, temperature=1.0,
-                            eos_ids=eos)
+    config = sampler.config(votes_per_clip=k, max_new_tokens=new_tokens, temperature=1.0, eos_ids=eos)
     encoded, prompt_ids = encoded_batch()
-    return sampler.sample(encoded, prompt_ids, config, seed=next(seeds),
-                          utt_ids=[f'clip{i}' for i in range(batch)], prompt_id='direct')
+    return sampler.sample(
+      encoded,
+      prompt_ids,
+      config,
+      seed=next(seeds),
+      utt_ids=[f'clip{i}' for i in range(batch)],
+      prompt_id='direct',
+    )
 
   def perax_scores():
     encoded, prompt_ids = encoded_batch()
@@ -130,9 +155,10 @@ def run() -> dict:
   for warm_up in (lambda: perax_votes(votes), lambda: perax_votes(1), perax_scores):
     warm_up()
   compiles_warm = sampler_lib.compile_count()
-  perax_times = _best_seconds({'votes': lambda: perax_votes(votes),
-                               'one_vote': lambda: perax_votes(1), 'score': perax_scores},
-                              _REPEATS.value)
+  perax_times = _best_seconds(
+    {'votes': lambda: perax_votes(votes), 'one_vote': lambda: perax_votes(1), 'score': perax_scores},
+    _REPEATS.value,
+  )
   perax_s, one_vote_s, score_s = (perax_times[k] for k in ('votes', 'one_vote', 'score'))
   compiles_after = sampler_lib.compile_count() - compiles_warm
 
@@ -140,16 +166,27 @@ def run() -> dict:
   hf_s = _best_seconds({'votes': lambda: hf_votes(votes)}, _HF_REPEATS.value)['votes']
 
   perax_rate, hf_rate = batch * votes / perax_s, batch * votes / hf_s
-  print(f'perax: {perax_s:.3f} s per batch of {batch * votes} votes ({bucket} s feature bucket, '
-        f'one encode and prefill per clip)')
-  print(f'hf:    {hf_s:.3f} s per batch of {batch * votes} votes (30 s features, K encodes and '
-        f'prefills per clip)')
-  print(f'score mode: {score_s:.3f} s per batch ({len(LABELS)} labels) = '
-        f'{score_s / one_vote_s:.2f} x sampling one vote per clip ({one_vote_s:.3f} s), '
-        f'{score_s / perax_s:.2f} x sampling K={votes}')
-  result = {'perax_votes_per_s': perax_rate, 'hf_votes_per_s': hf_rate,
-            'ratio': perax_rate / hf_rate, 'compiles_after_warmup': compiles_after,
-            'score_over_one_vote': score_s / one_vote_s}
-  print(f'votes/s perax={perax_rate:.2f} hf={hf_rate:.2f} ratio={perax_rate / hf_rate:.1f} '
-        f'compiles_after_warmup={compiles_after}')
+  print(
+    f'perax: {perax_s:.3f} s per batch of {batch * votes} votes ({bucket} s feature bucket, '
+    f'one encode and prefill per clip)'
+  )
+  print(
+    f'hf:    {hf_s:.3f} s per batch of {batch * votes} votes (30 s features, K encodes and prefills per clip)'
+  )
+  print(
+    f'score mode: {score_s:.3f} s per batch ({len(LABELS)} labels) = '
+    f'{score_s / one_vote_s:.2f} x sampling one vote per clip ({one_vote_s:.3f} s), '
+    f'{score_s / perax_s:.2f} x sampling K={votes}'
+  )
+  result = {
+    'perax_votes_per_s': perax_rate,
+    'hf_votes_per_s': hf_rate,
+    'ratio': perax_rate / hf_rate,
+    'compiles_after_warmup': compiles_after,
+    'score_over_one_vote': score_s / one_vote_s,
+  }
+  print(
+    f'votes/s perax={perax_rate:.2f} hf={hf_rate:.2f} ratio={perax_rate / hf_rate:.1f} '
+    f'compiles_after_warmup={compiles_after}'
+  )
   return result

@@ -21,10 +21,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from perax import features
+from perax.data import features
 from perax.models.config import AUDIO_LAYER_NORM_EPS, AudioEncoderConfig
-from perax.models.layers import (Conv1d, FrozenWeight, LayerNorm, Linear, dot_product_attention,
-                                 sinusoids)
+from perax.models.layers import Conv1d, FrozenWeight, LayerNorm, Linear, dot_product_attention, sinusoids
 
 
 def conv_output_lengths(feature_lengths: jax.Array) -> jax.Array:
@@ -36,7 +35,7 @@ def exact_frames(feature_length: int, max_frames: int = 3000) -> int:
   """The fewest padded feature frames for which a clip's embeddings equal HF's 30 s ones exactly.
 
   A clip filling its bucket exactly (e.g. 2.00 s in the 2 s bucket) changes every token, because every
-  query attends the last valid conv frame; see :func:`perax.features.encoder_frames_needed`.
+  query attends the last valid conv frame; see :func:`perax.data.features.encoder_frames_needed`.
   """
   return int(features.encoder_frames_needed(feature_length, max_frames))
 
@@ -52,21 +51,38 @@ class Qwen2AudioAttention(nnx.Module):
   def __init__(self, config: AudioEncoderConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
     heads, head_dim = config.encoder_attention_heads, config.head_dim
     common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    in_proj = dict(in_features=config.d_model, out_features=(heads, head_dim),
-                   in_axes=('audio_embed',), out_axes=('audio_heads', 'head_dim'), **common)
-    self.scale = head_dim ** -0.5
+    in_proj = dict(
+      in_features=config.d_model,
+      out_features=(heads, head_dim),
+      in_axes=('audio_embed',),
+      out_axes=('audio_heads', 'head_dim'),
+      **common,
+    )
+    self.scale = head_dim**-0.5
     self.attention_implementation = 'einsum'
     self.q_proj = Linear(use_bias=True, **in_proj)
     self.k_proj = Linear(use_bias=False, **in_proj)
     self.v_proj = Linear(use_bias=True, **in_proj)
-    self.out_proj = Linear((heads, head_dim), config.d_model, use_bias=True,
-                           in_axes=('audio_heads', 'head_dim'), out_axes=('audio_embed',), **common)
+    self.out_proj = Linear(
+      (heads, head_dim),
+      config.d_model,
+      use_bias=True,
+      in_axes=('audio_heads', 'head_dim'),
+      out_axes=('audio_embed',),
+      **common,
+    )
 
   def __call__(self, x: jax.Array, key_valid: jax.Array) -> jax.Array:
     """``x [B, T, d_model]``, ``key_valid [B, T]`` bool -> ``[B, T, d_model]``."""
     query = self.q_proj(x) * jnp.asarray(self.scale, x.dtype)
-    out = dot_product_attention(query, self.k_proj(x), self.v_proj(x), key_valid[:, None, :],
-                                scale=1.0, implementation=self.attention_implementation)
+    out = dot_product_attention(
+      query,
+      self.k_proj(x),
+      self.v_proj(x),
+      key_valid[:, None, :],
+      scale=1.0,
+      implementation=self.attention_implementation,
+    )
     return self.out_proj(out)
 
 
@@ -79,10 +95,22 @@ class Qwen2AudioEncoderLayer(nnx.Module):
     self.self_attn_layer_norm = LayerNorm(config.d_model, **norm)
     self.self_attn = Qwen2AudioAttention(config, **common)
     self.final_layer_norm = LayerNorm(config.d_model, **norm)
-    self.fc1 = Linear(config.d_model, config.encoder_ffn_dim, use_bias=True,
-                      in_axes=('audio_embed',), out_axes=('audio_mlp',), **common)
-    self.fc2 = Linear(config.encoder_ffn_dim, config.d_model, use_bias=True,
-                      in_axes=('audio_mlp',), out_axes=('audio_embed',), **common)
+    self.fc1 = Linear(
+      config.d_model,
+      config.encoder_ffn_dim,
+      use_bias=True,
+      in_axes=('audio_embed',),
+      out_axes=('audio_mlp',),
+      **common,
+    )
+    self.fc2 = Linear(
+      config.encoder_ffn_dim,
+      config.d_model,
+      use_bias=True,
+      in_axes=('audio_mlp',),
+      out_axes=('audio_embed',),
+      **common,
+    )
 
   def __call__(self, x: jax.Array, key_valid: jax.Array) -> jax.Array:
     x = x + self.self_attn(self.self_attn_layer_norm(x), key_valid)
@@ -98,25 +126,42 @@ class Qwen2AudioEncoder(nnx.Module):
       checkpoint (initialised to Whisper's sinusoids).
   """
 
-  def __init__(self, config: AudioEncoderConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
-               rngs: nnx.Rngs):
+  def __init__(
+    self, config: AudioEncoderConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs
+  ):
     self.config = config
     self.dtype = dtype
     common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.conv1 = Conv1d(config.num_mel_bins, config.d_model, width=3, stride=1, padding=1,
-                        in_axis='mel', out_axis='audio_embed', **common)
-    self.conv2 = Conv1d(config.d_model, config.d_model, width=3, stride=2, padding=1,
-                        in_axis='audio_conv_in', out_axis='audio_embed', **common)
+    self.conv1 = Conv1d(
+      config.num_mel_bins,
+      config.d_model,
+      width=3,
+      stride=1,
+      padding=1,
+      in_axis='mel',
+      out_axis='audio_embed',
+      **common,
+    )
+    self.conv2 = Conv1d(
+      config.d_model,
+      config.d_model,
+      width=3,
+      stride=2,
+      padding=1,
+      in_axis='audio_conv_in',
+      out_axis='audio_embed',
+      **common,
+    )
     self.embed_positions = FrozenWeight(
-        jnp.asarray(sinusoids(config.max_source_positions, config.d_model), param_dtype),
-        logical_axes=('audio_positions', 'audio_embed'))
-    self.layers = nnx.List([Qwen2AudioEncoderLayer(config, **common)
-                            for _ in range(config.encoder_layers)])
-    self.layer_norm = LayerNorm(config.d_model, eps=AUDIO_LAYER_NORM_EPS, axis_name='norm',
-                                dtype=dtype, param_dtype=param_dtype)
+      jnp.asarray(sinusoids(config.max_source_positions, config.d_model), param_dtype),
+      logical_axes=('audio_positions', 'audio_embed'),
+    )
+    self.layers = nnx.List([Qwen2AudioEncoderLayer(config, **common) for _ in range(config.encoder_layers)])
+    self.layer_norm = LayerNorm(
+      config.d_model, eps=AUDIO_LAYER_NORM_EPS, axis_name='norm', dtype=dtype, param_dtype=param_dtype
+    )
 
-  def __call__(self, input_features: jax.Array,
-               feature_lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def __call__(self, input_features: jax.Array, feature_lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Encodes a batch of log-mel clips padded to a common length.
 
     Args:
@@ -132,8 +177,9 @@ class Qwen2AudioEncoder(nnx.Module):
     """
     frames = input_features.shape[-1]
     if frames % 2 or frames > self.config.max_feature_frames:
-      raise ValueError(f'feature frames must be even and at most {self.config.max_feature_frames}, '
-                       f'got {frames}')
+      raise ValueError(
+        f'feature frames must be even and at most {self.config.max_feature_frames}, got {frames}'
+      )
     conv_frames = frames // 2
     x = jnp.swapaxes(input_features, 1, 2)
     x = jax.nn.gelu(self.conv1(x), approximate=False)
@@ -143,7 +189,7 @@ class Qwen2AudioEncoder(nnx.Module):
     for layer in self.layers:
       x = layer(x, key_valid)
     tokens = conv_frames // 2
-    pooled = x[:, :2 * tokens].reshape(x.shape[0], tokens, 2, x.shape[-1]).mean(axis=2)
+    pooled = x[:, : 2 * tokens].reshape(x.shape[0], tokens, 2, x.shape[-1]).mean(axis=2)
     hidden = self.layer_norm(pooled)
     valid = jnp.arange(tokens)[None, :] < audio_token_lengths(feature_lengths)[:, None]
     return hidden, valid

@@ -50,8 +50,7 @@ class KVCache:
     return self.mask.shape[0]
 
 
-def init_cache(config: Qwen2AudioConfig, batch: int, max_len: int,
-               dtype: jnp.dtype = jnp.float32) -> KVCache:
+def init_cache(config: Qwen2AudioConfig, batch: int, max_len: int, dtype: jnp.dtype = jnp.float32) -> KVCache:
   """An empty cache: zero keys/values, no valid slot, index 0.
 
   Args:
@@ -64,8 +63,8 @@ def init_cache(config: Qwen2AudioConfig, batch: int, max_len: int,
   shape = (batch, max_len, text.num_key_value_heads, text.head_dim)
   layers = text.num_hidden_layers
   return KVCache(
-      keys=tuple(jnp.zeros(shape, dtype) for _ in range(layers)),
-      values=tuple(jnp.zeros(shape, dtype) for _ in range(layers)),
-      mask=jnp.zeros((batch, max_len), jnp.bool_),
-      index=jnp.zeros((), jnp.int32),
+    keys=tuple(jnp.zeros(shape, dtype) for _ in range(layers)),
+    values=tuple(jnp.zeros(shape, dtype) for _ in range(layers)),
+    mask=jnp.zeros((batch, max_len), jnp.bool_),
+    index=jnp.zeros((), jnp.int32),
   )

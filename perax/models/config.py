@@ -3,16 +3,17 @@
 ``Qwen2AudioConfig.from_hf_dict(json.load(open('config.json')))`` accepts both the layout written by
 transformers 5 (``text_config.rope_parameters``) and the older one (``text_config.rope_theta``).
 Features perax does not implement (sliding-window attention, scaled RoPE, other activations) raise
-:class:`perax.errors.InputError` instead of silently computing something else.
+:class:`perax.core.errors.InputError` instead of silently computing something else.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
-from perax.errors import InputError
+from perax.core.errors import InputError
 
 MODEL_TYPE = 'qwen2_audio'
 # torch.nn.LayerNorm's default epsilon, which HF's Whisper-style audio encoder uses everywhere.
@@ -78,9 +79,9 @@ class TextConfig:
   rms_norm_eps: float = 1e-5
   rope_theta: float = 10000.0
   max_position_embeddings: int = 8192
-  pad_token_id: Optional[int] = None
-  bos_token_id: Optional[int] = None
-  eos_token_id: Optional[int | tuple[int, ...]] = None
+  pad_token_id: int | None = None
+  bos_token_id: int | None = None
+  eos_token_id: int | tuple[int, ...] | None = None
 
   @property
   def num_kv_groups(self) -> int:
@@ -107,8 +108,7 @@ class Qwen2AudioConfig:
   tie_word_embeddings: bool = False
 
   @classmethod
-  def from_hf_dict(cls, config: Mapping[str, Any],
-                   path: Optional[os.PathLike | str] = None) -> 'Qwen2AudioConfig':
+  def from_hf_dict(cls, config: Mapping[str, Any], path: os.PathLike | str | None = None) -> Qwen2AudioConfig:
     """Builds the config from a parsed HF ``config.json``.
 
     Args:
@@ -133,27 +133,28 @@ class Qwen2AudioConfig:
     audio_fields = {f.name for f in dataclasses.fields(AudioEncoderConfig)}
     audio = AudioEncoderConfig(**{k: v for k, v in audio_dict.items() if k in audio_fields})
     if audio.d_model % audio.encoder_attention_heads:
-      raise fail(f'audio_config.d_model {audio.d_model} is not divisible by '
-                 f'encoder_attention_heads {audio.encoder_attention_heads}')
+      raise fail(
+        f'audio_config.d_model {audio.d_model} is not divisible by '
+        f'encoder_attention_heads {audio.encoder_attention_heads}'
+      )
 
     hidden_act = text_dict.get('hidden_act', 'silu')
     if hidden_act != 'silu':
       raise fail(f'text_config.hidden_act {hidden_act!r} is not supported (only silu)')
     if text_dict.get('use_sliding_window'):
-      raise fail('text_config.use_sliding_window is true; '
-                 'sliding-window attention is not supported')
+      raise fail('text_config.use_sliding_window is true; sliding-window attention is not supported')
     rope = dict(text_dict.get('rope_parameters') or {})
     rope_type = rope.get('rope_type', rope.get('type', 'default'))
     if rope_type != 'default' or text_dict.get('rope_scaling'):
-      raise fail(f'text_config RoPE type {rope_type!r} / rope_scaling is not supported '
-                 '(only default)')
+      raise fail(f'text_config RoPE type {rope_type!r} / rope_scaling is not supported (only default)')
     rope_theta = rope.get('rope_theta', text_dict.get('rope_theta', TextConfig.rope_theta))
 
     text_fields = {f.name for f in dataclasses.fields(TextConfig)} - {'head_dim', 'rope_theta'}
     text_kwargs = {k: v for k, v in text_dict.items() if k in text_fields}
     if text_kwargs.get('num_key_value_heads') is None:
-      text_kwargs['num_key_value_heads'] = text_kwargs.get('num_attention_heads',
-                                                           TextConfig.num_attention_heads)
+      text_kwargs['num_key_value_heads'] = text_kwargs.get(
+        'num_attention_heads', TextConfig.num_attention_heads
+      )
     if isinstance(text_kwargs.get('eos_token_id'), list):
       text_kwargs['eos_token_id'] = tuple(text_kwargs['eos_token_id'])
     hidden = text_kwargs.get('hidden_size', TextConfig.hidden_size)
@@ -161,8 +162,10 @@ class Qwen2AudioConfig:
     head_dim = text_dict.get('head_dim') or hidden // heads
     text = TextConfig(**text_kwargs, head_dim=head_dim, rope_theta=float(rope_theta))
     if text.num_attention_heads % text.num_key_value_heads:
-      raise fail(f'text_config.num_attention_heads {text.num_attention_heads} is not a multiple of '
-                 f'num_key_value_heads {text.num_key_value_heads}')
+      raise fail(
+        f'text_config.num_attention_heads {text.num_attention_heads} is not a multiple of '
+        f'num_key_value_heads {text.num_key_value_heads}'
+      )
     if text.head_dim % 2:
       raise fail(f'text_config head_dim {text.head_dim} is odd; rotate-half RoPE needs it even')
 
@@ -170,5 +173,4 @@ class Qwen2AudioConfig:
     if audio_token_id is None:
       audio_token_id = cls.audio_token_id
     tie = text_dict.get('tie_word_embeddings', config.get('tie_word_embeddings', False))
-    return cls(audio=audio, text=text, audio_token_id=int(audio_token_id),
-               tie_word_embeddings=bool(tie))
+    return cls(audio=audio, text=text, audio_token_id=int(audio_token_id), tie_word_embeddings=bool(tie))

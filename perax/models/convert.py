@@ -31,7 +31,8 @@ import pathlib
 import re
 import shutil
 import tempfile
-from typing import Any, Callable, Iterator, Mapping, Optional
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -39,10 +40,10 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from safetensors import safe_open
 
-from perax.errors import InputError
+from perax.core.errors import InputError
+from perax.core.progress import Progress
 from perax.models.config import Qwen2AudioConfig
 from perax.models.qwen2_audio import Qwen2AudioForConditionalGeneration
-from perax.progress import Progress
 
 FORMAT = 'perax-qwen2-audio'
 FORMAT_VERSION = 1
@@ -51,17 +52,26 @@ PERAX_JSON = 'perax.json'
 SINGLE_FILE = 'model.safetensors'
 INDEX_FILE = 'model.safetensors.index.json'
 # Tokenizer, processor and generation files copied next to the converted weights, where present.
-PROCESSOR_FILES = ('tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json',
-                   'added_tokens.json', 'vocab.json', 'merges.txt', 'preprocessor_config.json',
-                   'processor_config.json', 'generation_config.json', 'chat_template.json',
-                   'chat_template.jinja')
+PROCESSOR_FILES = (
+  'tokenizer.json',
+  'tokenizer_config.json',
+  'special_tokens_map.json',
+  'added_tokens.json',
+  'vocab.json',
+  'merges.txt',
+  'preprocessor_config.json',
+  'processor_config.json',
+  'generation_config.json',
+  'chat_template.json',
+  'chat_template.jinja',
+)
 
 # Older checkpoint names -> transformers 5 names, applied once to a name's prefix.
 LEGACY_PREFIXES = (
-    ('audio_tower.', 'model.audio_tower.'),
-    ('multi_modal_projector.', 'model.multi_modal_projector.'),
-    ('language_model.model.', 'model.language_model.'),
-    ('language_model.lm_head.', 'lm_head.'),
+  ('audio_tower.', 'model.audio_tower.'),
+  ('multi_modal_projector.', 'model.multi_modal_projector.'),
+  ('language_model.model.', 'model.language_model.'),
+  ('language_model.lm_head.', 'lm_head.'),
 )
 
 
@@ -84,22 +94,27 @@ def _linear(in_dims: int) -> Transform:
   """Linear weight ``[out, in]`` -> kernel ``[*in_shape, *out_shape]`` whose first in_dims dims are
   the input (e.g. o_proj ``[hidden, heads * head_dim]`` -> ``[heads, head_dim, hidden]``)."""
   return Transform(
-      name=f'linear (transpose, {in_dims} input dims)',
-      hf_shape=lambda shape: (math.prod(shape[in_dims:]), math.prod(shape[:in_dims])),
-      apply=lambda array, shape, dtype: np.ascontiguousarray(array.T, dtype=dtype).reshape(shape))
+    name=f'linear (transpose, {in_dims} input dims)',
+    hf_shape=lambda shape: (math.prod(shape[in_dims:]), math.prod(shape[:in_dims])),
+    apply=lambda array, shape, dtype: np.ascontiguousarray(array.T, dtype=dtype).reshape(shape),
+  )
 
 
-COPY = Transform('copy', lambda shape: shape,
-                 lambda array, shape, dtype: np.ascontiguousarray(array, dtype=dtype))
+COPY = Transform(
+  'copy', lambda shape: shape, lambda array, shape, dtype: np.ascontiguousarray(array, dtype=dtype)
+)
 FLAT = Transform(
-    'reshape flat vector', lambda shape: (math.prod(shape),),
-    lambda array, shape, dtype: np.ascontiguousarray(array, dtype=dtype).reshape(shape))
+  'reshape flat vector',
+  lambda shape: (math.prod(shape),),
+  lambda array, shape, dtype: np.ascontiguousarray(array, dtype=dtype).reshape(shape),
+)
 LINEAR = _linear(1)
 LINEAR_FROM_HEADS = _linear(2)
-CONV1D = Transform('conv1d [out, in, width] -> [width, in, out]',
-                   lambda shape: (shape[2], shape[1], shape[0]),
-                   lambda array, shape, dtype: np.ascontiguousarray(array.transpose(2, 1, 0),
-                                                                    dtype=dtype))
+CONV1D = Transform(
+  'conv1d [out, in, width] -> [width, in, out]',
+  lambda shape: (shape[2], shape[1], shape[0]),
+  lambda array, shape, dtype: np.ascontiguousarray(array.transpose(2, 1, 0), dtype=dtype),
+)
 
 _AUDIO = 'model.audio_tower.'
 _AUDIO_LAYER = _AUDIO + 'layers.{i}.'
@@ -108,40 +123,53 @@ _TEXT_LAYER = _TEXT + 'layers.{i}.'
 # (HF name, perax path, transform). ``{x}`` matches digits, ``{x:a|b}`` one of the alternatives;
 # the perax path reuses the placeholders.
 RULES = (
-    (_AUDIO + 'conv{n:1|2}.weight', 'audio_tower.conv{n}.kernel', CONV1D),
-    (_AUDIO + 'conv{n:1|2}.bias', 'audio_tower.conv{n}.bias', COPY),
-    (_AUDIO + 'embed_positions.weight', 'audio_tower.embed_positions', COPY),
-    (_AUDIO_LAYER + 'self_attn.{p:q|k|v}_proj.weight',
-     'audio_tower.layers.{i}.self_attn.{p}_proj.kernel', LINEAR),
-    (_AUDIO_LAYER + 'self_attn.{p:q|v}_proj.bias', 'audio_tower.layers.{i}.self_attn.{p}_proj.bias',
-     FLAT),
-    (_AUDIO_LAYER + 'self_attn.out_proj.weight', 'audio_tower.layers.{i}.self_attn.out_proj.kernel',
-     LINEAR_FROM_HEADS),
-    (_AUDIO_LAYER + 'self_attn.out_proj.bias', 'audio_tower.layers.{i}.self_attn.out_proj.bias',
-     COPY),
-    (_AUDIO_LAYER + '{m:fc1|fc2}.weight', 'audio_tower.layers.{i}.{m}.kernel', LINEAR),
-    (_AUDIO_LAYER + '{m:fc1|fc2}.bias', 'audio_tower.layers.{i}.{m}.bias', COPY),
-    (_AUDIO_LAYER + '{m:self_attn_layer_norm|final_layer_norm}.weight',
-     'audio_tower.layers.{i}.{m}.scale', COPY),
-    (_AUDIO_LAYER + '{m:self_attn_layer_norm|final_layer_norm}.bias',
-     'audio_tower.layers.{i}.{m}.bias', COPY),
-    (_AUDIO + 'layer_norm.weight', 'audio_tower.layer_norm.scale', COPY),
-    (_AUDIO + 'layer_norm.bias', 'audio_tower.layer_norm.bias', COPY),
-    ('model.multi_modal_projector.linear.weight', 'multi_modal_projector.linear.kernel', LINEAR),
-    ('model.multi_modal_projector.linear.bias', 'multi_modal_projector.linear.bias', COPY),
-    (_TEXT + 'embed_tokens.weight', 'language_model.embed_tokens.embedding', COPY),
-    (_TEXT_LAYER + 'self_attn.{p:q|k|v}_proj.weight',
-     'language_model.layers.{i}.self_attn.{p}_proj.kernel', LINEAR),
-    (_TEXT_LAYER + 'self_attn.{p:q|k|v}_proj.bias',
-     'language_model.layers.{i}.self_attn.{p}_proj.bias', FLAT),
-    (_TEXT_LAYER + 'self_attn.o_proj.weight', 'language_model.layers.{i}.self_attn.o_proj.kernel',
-     LINEAR_FROM_HEADS),
-    (_TEXT_LAYER + 'mlp.{p:gate|up|down}_proj.weight',
-     'language_model.layers.{i}.mlp.{p}_proj.kernel', LINEAR),
-    (_TEXT_LAYER + '{m:input_layernorm|post_attention_layernorm}.weight',
-     'language_model.layers.{i}.{m}.scale', COPY),
-    (_TEXT + 'norm.weight', 'language_model.norm.scale', COPY),
-    ('lm_head.weight', 'lm_head.kernel', LINEAR),
+  (_AUDIO + 'conv{n:1|2}.weight', 'audio_tower.conv{n}.kernel', CONV1D),
+  (_AUDIO + 'conv{n:1|2}.bias', 'audio_tower.conv{n}.bias', COPY),
+  (_AUDIO + 'embed_positions.weight', 'audio_tower.embed_positions', COPY),
+  (
+    _AUDIO_LAYER + 'self_attn.{p:q|k|v}_proj.weight',
+    'audio_tower.layers.{i}.self_attn.{p}_proj.kernel',
+    LINEAR,
+  ),
+  (_AUDIO_LAYER + 'self_attn.{p:q|v}_proj.bias', 'audio_tower.layers.{i}.self_attn.{p}_proj.bias', FLAT),
+  (
+    _AUDIO_LAYER + 'self_attn.out_proj.weight',
+    'audio_tower.layers.{i}.self_attn.out_proj.kernel',
+    LINEAR_FROM_HEADS,
+  ),
+  (_AUDIO_LAYER + 'self_attn.out_proj.bias', 'audio_tower.layers.{i}.self_attn.out_proj.bias', COPY),
+  (_AUDIO_LAYER + '{m:fc1|fc2}.weight', 'audio_tower.layers.{i}.{m}.kernel', LINEAR),
+  (_AUDIO_LAYER + '{m:fc1|fc2}.bias', 'audio_tower.layers.{i}.{m}.bias', COPY),
+  (
+    _AUDIO_LAYER + '{m:self_attn_layer_norm|final_layer_norm}.weight',
+    'audio_tower.layers.{i}.{m}.scale',
+    COPY,
+  ),
+  (_AUDIO_LAYER + '{m:self_attn_layer_norm|final_layer_norm}.bias', 'audio_tower.layers.{i}.{m}.bias', COPY),
+  (_AUDIO + 'layer_norm.weight', 'audio_tower.layer_norm.scale', COPY),
+  (_AUDIO + 'layer_norm.bias', 'audio_tower.layer_norm.bias', COPY),
+  ('model.multi_modal_projector.linear.weight', 'multi_modal_projector.linear.kernel', LINEAR),
+  ('model.multi_modal_projector.linear.bias', 'multi_modal_projector.linear.bias', COPY),
+  (_TEXT + 'embed_tokens.weight', 'language_model.embed_tokens.embedding', COPY),
+  (
+    _TEXT_LAYER + 'self_attn.{p:q|k|v}_proj.weight',
+    'language_model.layers.{i}.self_attn.{p}_proj.kernel',
+    LINEAR,
+  ),
+  (_TEXT_LAYER + 'self_attn.{p:q|k|v}_proj.bias', 'language_model.layers.{i}.self_attn.{p}_proj.bias', FLAT),
+  (
+    _TEXT_LAYER + 'self_attn.o_proj.weight',
+    'language_model.layers.{i}.self_attn.o_proj.kernel',
+    LINEAR_FROM_HEADS,
+  ),
+  (_TEXT_LAYER + 'mlp.{p:gate|up|down}_proj.weight', 'language_model.layers.{i}.mlp.{p}_proj.kernel', LINEAR),
+  (
+    _TEXT_LAYER + '{m:input_layernorm|post_attention_layernorm}.weight',
+    'language_model.layers.{i}.{m}.scale',
+    COPY,
+  ),
+  (_TEXT + 'norm.weight', 'language_model.norm.scale', COPY),
+  ('lm_head.weight', 'lm_head.kernel', LINEAR),
 )
 EMBED_TOKENS = _TEXT + 'embed_tokens.weight'
 LM_HEAD = 'lm_head.weight'
@@ -153,7 +181,7 @@ def _compile(template: str, alternatives: Mapping[str, str]) -> re.Pattern:
   """A template with ``{x}`` / ``{x:a|b}`` placeholders -> an anchored regex with named groups."""
   parts, end = [], 0
   for match in _PLACEHOLDER.finditer(template):
-    parts.append(re.escape(template[end:match.start()]))
+    parts.append(re.escape(template[end : match.start()]))
     name = match.group(1)
     parts.append(f'(?P<{name}>{alternatives.get(name) or match.group(2) or r"[0-9]+"})')
     end = match.end()
@@ -174,10 +202,15 @@ def _build_rules() -> tuple[_Rule, ...]:
   rules = []
   for hf_template, perax_template, transform in RULES:
     alternatives = {m.group(1): m.group(2) for m in _PLACEHOLDER.finditer(hf_template)}
-    rules.append(_Rule(
-        hf=_compile(hf_template, alternatives), perax=_compile(perax_template, alternatives),
-        hf_template=_PLACEHOLDER.sub(r'{\1}', hf_template), perax_template=perax_template,
-        transform=transform))
+    rules.append(
+      _Rule(
+        hf=_compile(hf_template, alternatives),
+        perax=_compile(perax_template, alternatives),
+        hf_template=_PLACEHOLDER.sub(r'{\1}', hf_template),
+        perax_template=perax_template,
+        transform=transform,
+      )
+    )
   return tuple(rules)
 
 
@@ -188,11 +221,11 @@ def canonical_name(hf_name: str) -> str:
   """An HF tensor name in transformers 5's layout (older layouts rewritten by LEGACY_PREFIXES)."""
   for old, new in LEGACY_PREFIXES:
     if hf_name.startswith(old):
-      return new + hf_name[len(old):]
+      return new + hf_name[len(old) :]
   return hf_name
 
 
-def perax_path(hf_name: str) -> Optional[tuple[str, Transform]]:
+def perax_path(hf_name: str) -> tuple[str, Transform] | None:
   """(perax parameter path, transform) for an HF tensor name, or None if no rule matches."""
   name = canonical_name(hf_name)
   for rule in _RULES:
@@ -236,13 +269,13 @@ def tensor_files(hf_dir: os.PathLike | str) -> dict[str, pathlib.Path]:
     try:
       weight_map = json.loads(index_path.read_text())['weight_map']
     except (json.JSONDecodeError, KeyError, TypeError) as error:
-      raise InputError(f'not a safetensors index with a weight_map ({error})',
-                       path=index_path) from error
+      raise InputError(f'not a safetensors index with a weight_map ({error})', path=index_path) from error
     files = {name: directory / filename for name, filename in weight_map.items()}
     for name, path in files.items():
       if not path.is_file():
-        raise InputError(f'shard {path.name} listed for tensor {name!r} does not exist',
-                         path=index_path, item=name)
+        raise InputError(
+          f'shard {path.name} listed for tensor {name!r} does not exist', path=index_path, item=name
+        )
     return files
   single = directory / SINGLE_FILE
   if not single.is_file():
@@ -270,16 +303,22 @@ def _decide_tying(config: Qwen2AudioConfig, files: Mapping[str, pathlib.Path]) -
   return arrays[0].shape == arrays[1].shape and np.array_equal(arrays[0], arrays[1])
 
 
-def abstract_model(config: Qwen2AudioConfig, dtype=jnp.float32,
-                   param_dtype=None) -> Qwen2AudioForConditionalGeneration:
+def abstract_model(
+  config: Qwen2AudioConfig, dtype=jnp.float32, param_dtype=None
+) -> Qwen2AudioForConditionalGeneration:
   """The model with ShapeDtypeStruct leaves (no memory, no random init)."""
-  return nnx.eval_shape(lambda: Qwen2AudioForConditionalGeneration(
-      config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0)))
+  return nnx.eval_shape(
+    lambda: Qwen2AudioForConditionalGeneration(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0))
+  )
 
 
-def read_hf_weights(hf_dir: os.PathLike | str, config: Qwen2AudioConfig, param_dtype,
-                    put: Callable[[str, np.ndarray], Any] = lambda path, array: array,
-                    progress: bool = False) -> tuple[Qwen2AudioConfig, dict[str, Any]]:
+def read_hf_weights(
+  hf_dir: os.PathLike | str,
+  config: Qwen2AudioConfig,
+  param_dtype,
+  put: Callable[[str, np.ndarray], Any] = lambda path, array: array,
+  progress: bool = False,
+) -> tuple[Qwen2AudioConfig, dict[str, Any]]:
   """Reads, checks and converts every tensor of an HF checkpoint.
 
   Args:
@@ -310,39 +349,47 @@ def read_hf_weights(hf_dir: os.PathLike | str, config: Qwen2AudioConfig, param_d
       available = set(reader.keys())
       for name in names:
         if name not in available:
-          raise InputError(f'tensor {name!r} is listed in the index but absent from the file',
-                           path=file, item=name)
+          raise InputError(
+            f'tensor {name!r} is listed in the index but absent from the file', path=file, item=name
+          )
         if meter:
           meter.update()
         if config.tie_word_embeddings and canonical_name(name) == LM_HEAD:
           continue  # identical to embed_tokens (see _decide_tying), which the tied model reads
         target = perax_path(name)
         if target is None:
-          raise InputError(f'unexpected tensor {name!r}: no perax parameter corresponds to it',
-                           path=file, item=name)
+          raise InputError(
+            f'unexpected tensor {name!r}: no perax parameter corresponds to it', path=file, item=name
+          )
         path, transform = target
         if path not in expected:
-          raise InputError(f'unexpected tensor {name!r}: the config has no parameter {path}',
-                           path=file, item=name)
+          raise InputError(
+            f'unexpected tensor {name!r}: the config has no parameter {path}', path=file, item=name
+          )
         if path in values:
-          raise InputError(f'tensor {name!r} duplicates {source[path]!r} (both map to {path})',
-                           path=file, item=name)
+          raise InputError(
+            f'tensor {name!r} duplicates {source[path]!r} (both map to {path})', path=file, item=name
+          )
         want = transform.hf_shape(expected[path])
         got = tuple(reader.get_slice(name).get_shape())
         if got != want:
-          raise InputError(f'tensor {name!r} has shape {list(got)}, expected {list(want)} '
-                           f'from config.json (perax {path} {list(expected[path])}, '
-                           f'{transform.name})', path=file, item=name)
-        values[path] = put(path, transform.apply(reader.get_tensor(name), expected[path],
-                                                 param_dtype))
+          raise InputError(
+            f'tensor {name!r} has shape {list(got)}, expected {list(want)} '
+            f'from config.json (perax {path} {list(expected[path])}, '
+            f'{transform.name})',
+            path=file,
+            item=name,
+          )
+        values[path] = put(path, transform.apply(reader.get_tensor(name), expected[path], param_dtype))
         source[path] = name
   if meter:
     meter.close()
   missing = [path for path in expected if path not in values]
   if missing:
     shown = ', '.join(
-        f'{hf_name(path)} {list(_rule_producing(path)[0].transform.hf_shape(expected[path]))}'
-        for path in missing[:5])
+      f'{hf_name(path)} {list(_rule_producing(path)[0].transform.hf_shape(expected[path]))}'
+      for path in missing[:5]
+    )
     more = f' and {len(missing) - 5} more' if len(missing) > 5 else ''
     raise InputError(f'missing {len(missing)} tensors: {shown}{more}', path=hf_dir)
   return config, values
@@ -385,8 +432,9 @@ def flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
   return flat
 
 
-def convert_checkpoint(hf_dir: os.PathLike | str, out_dir: os.PathLike | str,
-                       dtype: str = 'float32', progress: bool = True) -> pathlib.Path:
+def convert_checkpoint(
+  hf_dir: os.PathLike | str, out_dir: os.PathLike | str, dtype: str = 'float32', progress: bool = True
+) -> pathlib.Path:
   """Converts an HF Qwen2-Audio directory into a perax checkpoint directory.
 
   Args:
@@ -417,10 +465,19 @@ def convert_checkpoint(hf_dir: os.PathLike | str, out_dir: os.PathLike | str,
     for name in PROCESSOR_FILES:
       if (hf_dir / name).is_file():
         shutil.copy2(hf_dir / name, staging / name)
-    (staging / PERAX_JSON).write_text(json.dumps({
-        'format': FORMAT, 'format_version': FORMAT_VERSION, 'dtype': param_dtype.name,
-        'perax_version': importlib.metadata.version('perax'), 'source': str(hf_dir.resolve()),
-    }, indent=2) + '\n')
+    (staging / PERAX_JSON).write_text(
+      json.dumps(
+        {
+          'format': FORMAT,
+          'format_version': FORMAT_VERSION,
+          'dtype': param_dtype.name,
+          'perax_version': importlib.metadata.version('perax'),
+          'source': str(hf_dir.resolve()),
+        },
+        indent=2,
+      )
+      + '\n'
+    )
     os.replace(staging, out_dir)
   except BaseException:
     shutil.rmtree(staging, ignore_errors=True)

@@ -9,7 +9,7 @@ dtype). Attention scores and softmax are always computed in float32.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -44,26 +44,37 @@ class Linear(nnx.Module):
     bias: ``nnx.Param [*out_features]`` or None.
   """
 
-  def __init__(self, in_features: int | Sequence[int], out_features: int | Sequence[int], *,
-               use_bias: bool, in_axes: Sequence[str], out_axes: Sequence[str],
-               dtype: jnp.dtype, param_dtype: jnp.dtype, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    in_features: int | Sequence[int],
+    out_features: int | Sequence[int],
+    *,
+    use_bias: bool,
+    in_axes: Sequence[str],
+    out_axes: Sequence[str],
+    dtype: jnp.dtype,
+    param_dtype: jnp.dtype,
+    rngs: nnx.Rngs,
+  ):
     in_shape, out_shape = _as_tuple(in_features), _as_tuple(out_features)
     if len(in_axes) != len(in_shape) or len(out_axes) != len(out_shape):
-      raise ValueError(f'axis names {in_axes} -> {out_axes} do not match shapes '
-                       f'{in_shape} -> {out_shape}')
+      raise ValueError(f'axis names {in_axes} -> {out_axes} do not match shapes {in_shape} -> {out_shape}')
     self.num_in_dims = len(in_shape)
     self.dtype = dtype
-    self.kernel = nnx.Param(_normal(rngs, in_shape + out_shape, param_dtype),
-                            logical_axes=tuple(in_axes) + tuple(out_axes))
-    self.bias = (nnx.Param(jnp.zeros(out_shape, param_dtype), logical_axes=tuple(out_axes))
-                 if use_bias else None)
+    self.kernel = nnx.Param(
+      _normal(rngs, in_shape + out_shape, param_dtype), logical_axes=tuple(in_axes) + tuple(out_axes)
+    )
+    self.bias = (
+      nnx.Param(jnp.zeros(out_shape, param_dtype), logical_axes=tuple(out_axes)) if use_bias else None
+    )
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """``x [..., *in_features] -> [..., *out_features]`` in ``dtype``."""
     kernel = self.kernel[...].astype(self.dtype)
     contract = tuple(range(x.ndim - self.num_in_dims, x.ndim))
-    y = jax.lax.dot_general(x.astype(self.dtype), kernel,
-                            ((contract, tuple(range(self.num_in_dims))), ((), ())))
+    y = jax.lax.dot_general(
+      x.astype(self.dtype), kernel, ((contract, tuple(range(self.num_in_dims))), ((), ()))
+    )
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
     return y
@@ -72,11 +83,13 @@ class Linear(nnx.Module):
 class Embed(nnx.Module):
   """Token embedding ``[vocab, embed]``; ``attend`` reuses it as a tied output projection."""
 
-  def __init__(self, num_embeddings: int, features: int, *, dtype: jnp.dtype,
-               param_dtype: jnp.dtype, rngs: nnx.Rngs):
+  def __init__(
+    self, num_embeddings: int, features: int, *, dtype: jnp.dtype, param_dtype: jnp.dtype, rngs: nnx.Rngs
+  ):
     self.dtype = dtype
-    self.embedding = nnx.Param(_normal(rngs, (num_embeddings, features), param_dtype),
-                               logical_axes=('vocab', 'embed'))
+    self.embedding = nnx.Param(
+      _normal(rngs, (num_embeddings, features), param_dtype), logical_axes=('vocab', 'embed')
+    )
 
   def __call__(self, ids: jax.Array) -> jax.Array:
     """``ids [...] int -> [..., embed]`` in ``dtype``."""
@@ -90,8 +103,7 @@ class Embed(nnx.Module):
 class LayerNorm(nnx.Module):
   """LayerNorm over the last axis, computed in float32 (as torch does for half inputs)."""
 
-  def __init__(self, features: int, *, eps: float, axis_name: str, dtype: jnp.dtype,
-               param_dtype: jnp.dtype):
+  def __init__(self, features: int, *, eps: float, axis_name: str, dtype: jnp.dtype, param_dtype: jnp.dtype):
     self.eps = eps
     self.dtype = dtype
     self.scale = nnx.Param(jnp.ones((features,), param_dtype), logical_axes=(axis_name,))
@@ -128,20 +140,37 @@ class Conv1d(nnx.Module):
     bias: ``nnx.Param [out]``.
   """
 
-  def __init__(self, in_channels: int, out_channels: int, *, width: int, stride: int, padding: int,
-               in_axis: str, out_axis: str, dtype: jnp.dtype, param_dtype: jnp.dtype,
-               rngs: nnx.Rngs):
+  def __init__(
+    self,
+    in_channels: int,
+    out_channels: int,
+    *,
+    width: int,
+    stride: int,
+    padding: int,
+    in_axis: str,
+    out_axis: str,
+    dtype: jnp.dtype,
+    param_dtype: jnp.dtype,
+    rngs: nnx.Rngs,
+  ):
     self.stride = stride
     self.padding = padding
     self.dtype = dtype
-    self.kernel = nnx.Param(_normal(rngs, (width, in_channels, out_channels), param_dtype),
-                            logical_axes=('conv_width', in_axis, out_axis))
+    self.kernel = nnx.Param(
+      _normal(rngs, (width, in_channels, out_channels), param_dtype),
+      logical_axes=('conv_width', in_axis, out_axis),
+    )
     self.bias = nnx.Param(jnp.zeros((out_channels,), param_dtype), logical_axes=(out_axis,))
 
   def __call__(self, x: jax.Array) -> jax.Array:
     y = jax.lax.conv_general_dilated(
-        x.astype(self.dtype), self.kernel[...].astype(self.dtype), window_strides=(self.stride,),
-        padding=((self.padding, self.padding),), dimension_numbers=('NWC', 'WIO', 'NWC'))
+      x.astype(self.dtype),
+      self.kernel[...].astype(self.dtype),
+      window_strides=(self.stride,),
+      padding=((self.padding, self.padding),),
+      dimension_numbers=('NWC', 'WIO', 'NWC'),
+    )
     return y + self.bias[...].astype(self.dtype)
 
 
@@ -156,7 +185,7 @@ def sinusoids(length: int, channels: int) -> np.ndarray:
 def rope_inverse_frequencies(head_dim: int, theta: float) -> np.ndarray:
   """``[head_dim // 2]`` float32 ``1 / theta ** (2i / head_dim)``, rounded once from float64."""
   exponents = np.arange(0, head_dim, 2, dtype=np.float64) / head_dim
-  return (1.0 / theta ** exponents).astype(np.float32)
+  return (1.0 / theta**exponents).astype(np.float32)
 
 
 def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
@@ -186,15 +215,22 @@ def set_attention_implementation(model: nnx.Module, implementation: str) -> None
   """Switches every attention layer of ``model`` to ``implementation`` (see
   :func:`dot_product_attention`); jitted functions recompile for the new choice."""
   if implementation not in ATTENTION_IMPLEMENTATIONS:
-    raise ValueError(f'attention implementation must be one of {ATTENTION_IMPLEMENTATIONS}, '
-                     f'got {implementation!r}')
+    raise ValueError(
+      f'attention implementation must be one of {ATTENTION_IMPLEMENTATIONS}, got {implementation!r}'
+    )
   for _, module in nnx.iter_graph(model):
     if isinstance(module, nnx.Module) and hasattr(module, 'attention_implementation'):
       module.attention_implementation = implementation
 
 
-def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array,
-                          scale: float, implementation: str = 'einsum') -> jax.Array:
+def dot_product_attention(
+  query: jax.Array,
+  key: jax.Array,
+  value: jax.Array,
+  mask: jax.Array,
+  scale: float,
+  implementation: str = 'einsum',
+) -> jax.Array:
   """Masked softmax attention with grouped key/value heads; scores and softmax in float32.
 
   Args:
@@ -213,14 +249,18 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, ma
     ``[B, L, N, D]`` in value's dtype.
   """
   if implementation != 'einsum':
-    return jax.nn.dot_product_attention(query, key.astype(query.dtype), value.astype(query.dtype),
-                                        mask=mask[:, None], scale=scale,
-                                        implementation=implementation).astype(value.dtype)
+    return jax.nn.dot_product_attention(
+      query,
+      key.astype(query.dtype),
+      value.astype(query.dtype),
+      mask=mask[:, None],
+      scale=scale,
+      implementation=implementation,
+    ).astype(value.dtype)
   batch, length, heads, depth = query.shape
   kv_heads = key.shape[2]
   grouped = query.reshape(batch, length, kv_heads, heads // kv_heads, depth)
-  scores = jnp.einsum('blkgd,bskd->bkgls', grouped, key,
-                      preferred_element_type=jnp.float32) * scale
+  scores = jnp.einsum('blkgd,bskd->bkgls', grouped, key, preferred_element_type=jnp.float32) * scale
   scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(scores, axis=-1).astype(value.dtype)
   out = jnp.einsum('bkgls,bskd->blkgd', probs, value)

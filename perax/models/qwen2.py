@@ -7,8 +7,6 @@ from the padding mask and, when decoding, the cache's slots (contract in perax.m
 
 from __future__ import annotations
 
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -20,8 +18,9 @@ from perax.models.layers import Embed, Linear, RMSNorm, apply_rope, dot_product_
 LayerCache = tuple[jax.Array, jax.Array]
 
 
-def attention_mask_for(attention_mask: jax.Array, cache_mask: Optional[jax.Array] = None,
-                       index: Optional[jax.Array] = None) -> jax.Array:
+def attention_mask_for(
+  attention_mask: jax.Array, cache_mask: jax.Array | None = None, index: jax.Array | None = None
+) -> jax.Array:
   """Which keys each new token may attend.
 
   Args:
@@ -49,20 +48,48 @@ class Qwen2Attention(nnx.Module):
     self.config = config
     self.attention_implementation = 'einsum'
     common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    heads, kv_heads, head_dim = (config.num_attention_heads, config.num_key_value_heads,
-                                 config.head_dim)
-    self.q_proj = Linear(config.hidden_size, (heads, head_dim), use_bias=True, in_axes=('embed',),
-                         out_axes=('heads', 'head_dim'), **common)
-    self.k_proj = Linear(config.hidden_size, (kv_heads, head_dim), use_bias=True,
-                         in_axes=('embed',), out_axes=('kv_heads', 'head_dim'), **common)
-    self.v_proj = Linear(config.hidden_size, (kv_heads, head_dim), use_bias=True,
-                         in_axes=('embed',), out_axes=('kv_heads', 'head_dim'), **common)
-    self.o_proj = Linear((heads, head_dim), config.hidden_size, use_bias=False,
-                         in_axes=('heads', 'head_dim'), out_axes=('embed',), **common)
+    heads, kv_heads, head_dim = (config.num_attention_heads, config.num_key_value_heads, config.head_dim)
+    self.q_proj = Linear(
+      config.hidden_size,
+      (heads, head_dim),
+      use_bias=True,
+      in_axes=('embed',),
+      out_axes=('heads', 'head_dim'),
+      **common,
+    )
+    self.k_proj = Linear(
+      config.hidden_size,
+      (kv_heads, head_dim),
+      use_bias=True,
+      in_axes=('embed',),
+      out_axes=('kv_heads', 'head_dim'),
+      **common,
+    )
+    self.v_proj = Linear(
+      config.hidden_size,
+      (kv_heads, head_dim),
+      use_bias=True,
+      in_axes=('embed',),
+      out_axes=('kv_heads', 'head_dim'),
+      **common,
+    )
+    self.o_proj = Linear(
+      (heads, head_dim),
+      config.hidden_size,
+      use_bias=False,
+      in_axes=('heads', 'head_dim'),
+      out_axes=('embed',),
+      **common,
+    )
 
-  def __call__(self, x: jax.Array, positions: jax.Array, attend: jax.Array,
-               cache: Optional[LayerCache], index: Optional[jax.Array]
-               ) -> tuple[jax.Array, Optional[LayerCache]]:
+  def __call__(
+    self,
+    x: jax.Array,
+    positions: jax.Array,
+    attend: jax.Array,
+    cache: LayerCache | None,
+    index: jax.Array | None,
+  ) -> tuple[jax.Array, LayerCache | None]:
     """``x [B, L, hidden]`` -> (``[B, L, hidden]``, updated layer cache or None).
 
     With a cache, the new keys/values are written at slots ``[index, index + L)`` and attention
@@ -76,12 +103,17 @@ class Qwen2Attention(nnx.Module):
       cached_keys, cached_values = cache
       start = (0, index, 0, 0)
       cached_keys = jax.lax.dynamic_update_slice(cached_keys, key.astype(cached_keys.dtype), start)
-      cached_values = jax.lax.dynamic_update_slice(cached_values,
-                                                   value.astype(cached_values.dtype), start)
+      cached_values = jax.lax.dynamic_update_slice(cached_values, value.astype(cached_values.dtype), start)
       cache = (cached_keys, cached_values)
       key, value = cached_keys.astype(x.dtype), cached_values.astype(x.dtype)
-    out = dot_product_attention(query, key, value, attend, scale=self.config.head_dim ** -0.5,
-                                implementation=self.attention_implementation)
+    out = dot_product_attention(
+      query,
+      key,
+      value,
+      attend,
+      scale=self.config.head_dim**-0.5,
+      implementation=self.attention_implementation,
+    )
     return self.o_proj(out), cache
 
 
@@ -90,12 +122,24 @@ class Qwen2MLP(nnx.Module):
 
   def __init__(self, config: TextConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
     common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    up = dict(in_features=config.hidden_size, out_features=config.intermediate_size, use_bias=False,
-              in_axes=('embed',), out_axes=('mlp',), **common)
+    up = dict(
+      in_features=config.hidden_size,
+      out_features=config.intermediate_size,
+      use_bias=False,
+      in_axes=('embed',),
+      out_axes=('mlp',),
+      **common,
+    )
     self.gate_proj = Linear(**up)
     self.up_proj = Linear(**up)
-    self.down_proj = Linear(config.intermediate_size, config.hidden_size, use_bias=False,
-                            in_axes=('mlp',), out_axes=('embed',), **common)
+    self.down_proj = Linear(
+      config.intermediate_size,
+      config.hidden_size,
+      use_bias=False,
+      in_axes=('mlp',),
+      out_axes=('embed',),
+      **common,
+    )
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -121,18 +165,20 @@ class Qwen2DecoderLayer(nnx.Module):
 class Qwen2Model(nnx.Module):
   """Token embeddings, decoder layers and the final RMSNorm (no output projection)."""
 
-  def __init__(self, config: TextConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
-               rngs: nnx.Rngs):
+  def __init__(self, config: TextConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
     common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.embed_tokens = Embed(config.vocab_size, config.hidden_size, **common)
-    self.layers = nnx.List([Qwen2DecoderLayer(config, **common)
-                            for _ in range(config.num_hidden_layers)])
-    self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, dtype=dtype,
-                        param_dtype=param_dtype)
+    self.layers = nnx.List([Qwen2DecoderLayer(config, **common) for _ in range(config.num_hidden_layers)])
+    self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
 
-  def __call__(self, inputs_embeds: jax.Array, positions: jax.Array, attend: jax.Array,
-               cache: Optional[tuple[tuple[jax.Array, ...], tuple[jax.Array, ...]]] = None,
-               index: Optional[jax.Array] = None):
+  def __call__(
+    self,
+    inputs_embeds: jax.Array,
+    positions: jax.Array,
+    attend: jax.Array,
+    cache: tuple[tuple[jax.Array, ...], tuple[jax.Array, ...]] | None = None,
+    index: jax.Array | None = None,
+  ):
     """Runs the decoder stack.
 
     Args:

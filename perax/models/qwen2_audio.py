@@ -4,7 +4,7 @@ Module paths follow HF's original checkpoint names (``audio_tower.layers.0.self_
 ``multi_modal_projector.linear``, ``language_model.layers.0.mlp.gate_proj``, ``lm_head``), so
 perax.models.convert maps names with one table.
 
-Typical use (prompt built by HF's processor, features by perax.features.batch_features):
+Typical use (prompt built by HF's processor, features by perax.data.features.batch_features):
 
   audio_embeds, audio_valid = model.encode_audio(features, feature_lengths)
   embeds = model.merge_audio(input_ids, audio_embeds, audio_valid)
@@ -12,8 +12,6 @@ Typical use (prompt built by HF's processor, features by perax.features.batch_fe
 """
 
 from __future__ import annotations
-
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -30,9 +28,16 @@ class Qwen2AudioMultiModalProjector(nnx.Module):
   """One linear layer from the encoder's width to the decoder's."""
 
   def __init__(self, config: Qwen2AudioConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
-    self.linear = Linear(config.audio.d_model, config.text.hidden_size, use_bias=True,
-                         in_axes=('audio_embed',), out_axes=('embed',), dtype=dtype,
-                         param_dtype=param_dtype, rngs=rngs)
+    self.linear = Linear(
+      config.audio.d_model,
+      config.text.hidden_size,
+      use_bias=True,
+      in_axes=('audio_embed',),
+      out_axes=('embed',),
+      dtype=dtype,
+      param_dtype=param_dtype,
+      rngs=rngs,
+    )
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.linear(x)
@@ -48,8 +53,14 @@ class Qwen2AudioForConditionalGeneration(nnx.Module):
     lm_head: ``Linear [hidden, vocab]``, or None when tied to ``language_model.embed_tokens``.
   """
 
-  def __init__(self, config: Qwen2AudioConfig, *, dtype: jnp.dtype = jnp.float32,
-               param_dtype: Optional[jnp.dtype] = None, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    config: Qwen2AudioConfig,
+    *,
+    dtype: jnp.dtype = jnp.float32,
+    param_dtype: jnp.dtype | None = None,
+    rngs: nnx.Rngs,
+  ):
     """Builds a randomly initialised model (load weights with perax.models.loading.load_model).
 
     Args:
@@ -65,12 +76,22 @@ class Qwen2AudioForConditionalGeneration(nnx.Module):
     self.audio_tower = Qwen2AudioEncoder(config.audio, **common)
     self.multi_modal_projector = Qwen2AudioMultiModalProjector(config, **common)
     self.language_model = Qwen2Model(config.text, **common)
-    self.lm_head = None if config.tie_word_embeddings else Linear(
-        config.text.hidden_size, config.text.vocab_size, use_bias=False, in_axes=('embed',),
-        out_axes=('vocab',), **common)
+    self.lm_head = (
+      None
+      if config.tie_word_embeddings
+      else Linear(
+        config.text.hidden_size,
+        config.text.vocab_size,
+        use_bias=False,
+        in_axes=('embed',),
+        out_axes=('vocab',),
+        **common,
+      )
+    )
 
-  def encode_audio(self, input_features: jax.Array,
-                   feature_lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def encode_audio(
+    self, input_features: jax.Array, feature_lengths: jax.Array
+  ) -> tuple[jax.Array, jax.Array]:
     """Audio embeddings in the decoder's space.
 
     Args:
@@ -87,8 +108,7 @@ class Qwen2AudioForConditionalGeneration(nnx.Module):
     hidden, valid = self.audio_tower(input_features, feature_lengths)
     return self.multi_modal_projector(hidden), valid
 
-  def merge_audio(self, input_ids: jax.Array, audio_embeds: jax.Array,
-                  audio_valid: jax.Array) -> jax.Array:
+  def merge_audio(self, input_ids: jax.Array, audio_embeds: jax.Array, audio_valid: jax.Array) -> jax.Array:
     """Token embeddings with the audio embeddings written over the ``<|AUDIO|>`` tokens.
 
     As HF's ``masked_scatter``: the valid embeddings of all clips, in order (clip 0's valid tokens,
@@ -112,12 +132,14 @@ class Qwen2AudioForConditionalGeneration(nnx.Module):
     slots = valid.shape[0]
     # source[k] = flat index of the k-th valid audio embedding.
     rank = jnp.cumsum(valid) - 1
-    source = jnp.zeros((slots,), jnp.int32).at[jnp.where(valid, rank, slots)].set(
-        jnp.arange(slots, dtype=jnp.int32), mode='drop')
+    source = (
+      jnp.zeros((slots,), jnp.int32)
+      .at[jnp.where(valid, rank, slots)]
+      .set(jnp.arange(slots, dtype=jnp.int32), mode='drop')
+    )
     is_audio = (input_ids == self.config.audio_token_id).reshape(-1)
     token_rank = jnp.clip(jnp.cumsum(is_audio) - 1, 0, slots - 1)
-    merged = jnp.where(is_audio[:, None], flat_audio[source[token_rank]],
-                       token_embeds.reshape(-1, hidden))
+    merged = jnp.where(is_audio[:, None], flat_audio[source[token_rank]], token_embeds.reshape(-1, hidden))
     return merged.reshape(batch, length, hidden)
 
   def logits(self, hidden: jax.Array) -> jax.Array:
@@ -127,10 +149,17 @@ class Qwen2AudioForConditionalGeneration(nnx.Module):
       return self.language_model.embed_tokens.attend(hidden).astype(jnp.float32)
     return self.lm_head(hidden).astype(jnp.float32)
 
-  def __call__(self, input_ids: Optional[jax.Array] = None, *,
-               inputs_embeds: Optional[jax.Array] = None, positions: Optional[jax.Array] = None,
-               attention_mask: Optional[jax.Array] = None, cache: Optional[KVCache] = None,
-               return_hidden: bool = False, logits_at: Optional[jax.Array] = None):
+  def __call__(
+    self,
+    input_ids: jax.Array | None = None,
+    *,
+    inputs_embeds: jax.Array | None = None,
+    positions: jax.Array | None = None,
+    attention_mask: jax.Array | None = None,
+    cache: KVCache | None = None,
+    return_hidden: bool = False,
+    logits_at: jax.Array | None = None,
+  ):
     """Decoder forward pass over ``L`` new tokens.
 
     Args:
@@ -174,11 +203,11 @@ class Qwen2AudioForConditionalGeneration(nnx.Module):
     else:
       slot_mask = jax.lax.dynamic_update_slice(cache.mask, attention_mask, (0, cache.index))
       attend = attention_mask_for(attention_mask, slot_mask, cache.index)
-      hidden, (keys, values) = self.language_model(inputs_embeds, positions, attend,
-                                                   (cache.keys, cache.values), cache.index)
+      hidden, (keys, values) = self.language_model(
+        inputs_embeds, positions, attend, (cache.keys, cache.values), cache.index
+      )
       new_cache = KVCache(keys=keys, values=values, mask=slot_mask, index=cache.index + length)
 
-    selected = hidden if logits_at is None else jnp.take_along_axis(
-        hidden, logits_at[:, :, None], axis=1)
+    selected = hidden if logits_at is None else jnp.take_along_axis(hidden, logits_at[:, :, None], axis=1)
     logits = self.logits(selected)
     return (logits, new_cache, hidden) if return_hidden else (logits, new_cache)

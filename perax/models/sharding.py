@@ -14,7 +14,7 @@ so any model fits any mesh (e.g. a single key/value head stays replicated on a '
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import jax
 import numpy as np
@@ -27,26 +27,27 @@ MESH_AXES = ('data', 'fsdp', 'tensor')
 CATCH_ALL = '*'
 
 # (logical axis name, mesh axis or axes or None), in priority order.
-Rules = Sequence[tuple[str, Optional[str | tuple[str, ...]]]]
+Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
 LOGICAL_AXIS_RULES: Rules = (
-    ('batch', ('data', 'fsdp')),
-    ('vocab', 'tensor'),
-    ('heads', 'tensor'),
-    ('kv_heads', 'tensor'),
-    ('mlp', 'tensor'),
-    ('audio_heads', 'tensor'),
-    ('audio_mlp', 'tensor'),
-    ('embed', 'fsdp'),
-    ('audio_embed', 'fsdp'),
-    (CATCH_ALL, None),
+  ('batch', ('data', 'fsdp')),
+  ('vocab', 'tensor'),
+  ('heads', 'tensor'),
+  ('kv_heads', 'tensor'),
+  ('mlp', 'tensor'),
+  ('audio_heads', 'tensor'),
+  ('audio_mlp', 'tensor'),
+  ('embed', 'fsdp'),
+  ('audio_embed', 'fsdp'),
+  (CATCH_ALL, None),
 )
 # Logical axes of the KV cache's keys/values [B, max_len, KV, D] and mask [B, max_len].
 CACHE_KV_AXES = ('batch', 'cache_length', 'kv_heads', 'head_dim')
 CACHE_MASK_AXES = ('batch', 'cache_length')
 
 
-def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1,
-              devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+def make_mesh(
+  data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence[jax.Device] | None = None
+) -> Mesh:
   """A ('data', 'fsdp', 'tensor') mesh; one size may be -1 to take the remaining devices."""
   devices = list(jax.devices() if devices is None else devices)
   sizes = [data, fsdp, tensor]
@@ -59,17 +60,18 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1,
   return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
 
 
-def _mesh_axes_for(name: Optional[str], rules: Rules) -> tuple[str, ...]:
+def _mesh_axes_for(name: str | None, rules: Rules) -> tuple[str, ...]:
   for logical, mesh_axes in rules:
-    if logical == name or logical == CATCH_ALL:
+    if logical in (name, CATCH_ALL):
       if mesh_axes is None:
         return ()
       return (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes)
   raise ValueError(f'no sharding rule for logical axis {name!r} and no catch-all')
 
 
-def partition_spec(logical_axes: Sequence[Optional[str]], shape: Sequence[int], mesh: Mesh,
-                   rules: Rules = LOGICAL_AXIS_RULES) -> PartitionSpec:
+def partition_spec(
+  logical_axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules: Rules = LOGICAL_AXIS_RULES
+) -> PartitionSpec:
   """The PartitionSpec of one array from its logical axis names and shape (see module docstring)."""
   if len(logical_axes) != len(shape):
     raise ValueError(f'logical axes {tuple(logical_axes)} do not match shape {tuple(shape)}')
@@ -114,7 +116,8 @@ def cache_shardings(cache: KVCache, mesh: Mesh, rules: Rules = LOGICAL_AXIS_RULE
     return NamedSharding(mesh, partition_spec(axes, shape, mesh, rules))
 
   return KVCache(
-      keys=tuple(named(CACHE_KV_AXES, k.shape) for k in cache.keys),
-      values=tuple(named(CACHE_KV_AXES, v.shape) for v in cache.values),
-      mask=named(CACHE_MASK_AXES, cache.mask.shape),
-      index=NamedSharding(mesh, PartitionSpec()))
+    keys=tuple(named(CACHE_KV_AXES, k.shape) for k in cache.keys),
+    values=tuple(named(CACHE_KV_AXES, v.shape) for v in cache.values),
+    mask=named(CACHE_MASK_AXES, cache.mask.shape),
+    index=NamedSharding(mesh, PartitionSpec()),
+  )

@@ -36,7 +36,8 @@ import json
 import math
 import os
 import pathlib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import ml_dtypes
 import numpy as np
@@ -56,38 +57,40 @@ SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END, AUDIO, AUDIO_BOS, AUDIO_EOS)
 # Qwen2-Audio-Instruct's chat template: a default system turn, audio items rendered as
 # "Audio k: <|audio_bos|><|AUDIO|><|audio_eos|>\n", text items verbatim.
 CHAT_TEMPLATE = (
-    "{% set audio_count = namespace(value=0) %}"
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    "{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}"
-    "{{ message['content'] }}<|im_end|>\n"
-    "{% else %}"
-    "{% for content in message['content'] %}"
-    "{% if 'audio' in content or 'audio_url' in content or content['type'] == 'audio' %}"
-    "{% set audio_count.value = audio_count.value + 1 %}"
-    "Audio {{ audio_count.value }}: <|audio_bos|><|AUDIO|><|audio_eos|>\n"
-    "{% elif 'text' in content %}"
-    "{{ content['text'] }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "<|im_end|>\n"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}"
-    "<|im_start|>assistant\n"
-    "{% endif %}"
+  '{% set audio_count = namespace(value=0) %}'
+  '{% for message in messages %}'
+  "{% if loop.first and message['role'] != 'system' %}"
+  '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n'
+  '{% endif %}'
+  "<|im_start|>{{ message['role'] }}\n"
+  "{% if message['content'] is string %}"
+  "{{ message['content'] }}<|im_end|>\n"
+  '{% else %}'
+  "{% for content in message['content'] %}"
+  "{% if 'audio' in content or 'audio_url' in content or content['type'] == 'audio' %}"
+  '{% set audio_count.value = audio_count.value + 1 %}'
+  'Audio {{ audio_count.value }}: <|audio_bos|><|AUDIO|><|audio_eos|>\n'
+  "{% elif 'text' in content %}"
+  "{{ content['text'] }}"
+  '{% endif %}'
+  '{% endfor %}'
+  '<|im_end|>\n'
+  '{% endif %}'
+  '{% endfor %}'
+  '{% if add_generation_prompt %}'
+  '<|im_start|>assistant\n'
+  '{% endif %}'
 )
 
 # Qwen2's pre-tokenisation pattern (contractions, letter runs, single digits, punctuation, spaces).
 PRETOKENIZE_PATTERN = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
-    r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
+  r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
+  r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
 
 # The text the tokenizer is trained on: prompt templates, emotion words, common English.
-TRAINING_TEXT = """\
+TRAINING_TEXT = (
+  """\
 You are a helpful assistant.
 What emotion does the speaker express? Choose exactly one of: neutral, happy, sad, angry.
 Answer with the label only.
@@ -151,48 +154,56 @@ whole matter perhaps itself york times law human line above name example action 
 show whether five history gave today either act feet across taken past quite anything seen having
 death week experience body word half really field am car words already themselves information tell
 together college shall money period held keep sure free seems political real behind cannot miss
-""" * 2
+"""
+  * 2
+)
 
 TRAINED_VOCAB_SIZE = 1024  # target of BPE training (bytes + merges); the text may stop it short
 VOCAB_MULTIPLE = 64  # the config's vocab_size is the tokenizer size rounded up to this multiple
 
 AUDIO_DEFAULTS: Mapping[str, Any] = {
-    'model_type': 'qwen2_audio_encoder',
-    'd_model': 32,
-    'encoder_layers': 2,
-    'encoder_attention_heads': 4,
-    'encoder_ffn_dim': 64,
-    'num_mel_bins': 128,
-    'max_source_positions': 1500,
-    'activation_function': 'gelu',
-    'scale_embedding': False,
-    'dropout': 0.0,
-    'attention_dropout': 0.0,
-    'activation_dropout': 0.0,
-    'encoder_layerdrop': 0.0,
+  'model_type': 'qwen2_audio_encoder',
+  'd_model': 32,
+  'encoder_layers': 2,
+  'encoder_attention_heads': 4,
+  'encoder_ffn_dim': 64,
+  'num_mel_bins': 128,
+  'max_source_positions': 1500,
+  'activation_function': 'gelu',
+  'scale_embedding': False,
+  'dropout': 0.0,
+  'attention_dropout': 0.0,
+  'activation_dropout': 0.0,
+  'encoder_layerdrop': 0.0,
 }
 
 TEXT_DEFAULTS: Mapping[str, Any] = {
-    'model_type': 'qwen2',
-    'hidden_size': 32,
-    'num_hidden_layers': 2,
-    'num_attention_heads': 4,
-    'num_key_value_heads': 2,
-    'intermediate_size': 64,
-    'hidden_act': 'silu',
-    'rope_theta': 10000.0,
-    'rms_norm_eps': 1e-6,
-    'tie_word_embeddings': False,
-    'max_position_embeddings': 2048,
-    'attention_dropout': 0.0,
-    'use_sliding_window': False,
+  'model_type': 'qwen2',
+  'hidden_size': 32,
+  'num_hidden_layers': 2,
+  'num_attention_heads': 4,
+  'num_key_value_heads': 2,
+  'intermediate_size': 64,
+  'hidden_act': 'silu',
+  'rope_theta': 10000.0,
+  'rms_norm_eps': 1e-6,
+  'tie_word_embeddings': False,
+  'max_position_embeddings': 2048,
+  'attention_dropout': 0.0,
+  'use_sliding_window': False,
 }
 
 WEIGHT_DTYPES = {'float32': np.float32, 'bfloat16': ml_dtypes.bfloat16}
 
 
-def make_tiny_checkpoint(out_dir: os.PathLike | str, *, seed: int = 0, shards: int = 1,
-                         dtype: str = 'float32', **config_overrides: Any) -> str:
+def make_tiny_checkpoint(
+  out_dir: os.PathLike | str,
+  *,
+  seed: int = 0,
+  shards: int = 1,
+  dtype: str = 'float32',
+  **config_overrides: Any,
+) -> str:
   """Writes a tiny random Qwen2-Audio checkpoint in Hugging Face format.
 
   Args:
@@ -226,13 +237,18 @@ def make_tiny_checkpoint(out_dir: os.PathLike | str, *, seed: int = 0, shards: i
   weights = random_weights(config, seed, WEIGHT_DTYPES[dtype])
   _write_weights(out, weights, shards)
   _write_json(out / 'config.json', config)
-  _write_json(out / 'generation_config.json', {
+  _write_json(
+    out / 'generation_config.json',
+    {
       'bos_token_id': token_ids[ENDOFTEXT],
       'eos_token_id': [token_ids[IM_END], token_ids[ENDOFTEXT]],
       'pad_token_id': token_ids[ENDOFTEXT],
-  })
+    },
+  )
   tokenizer.save(str(out / 'tokenizer.json'))
-  _write_json(out / 'tokenizer_config.json', {
+  _write_json(
+    out / 'tokenizer_config.json',
+    {
       'tokenizer_class': 'Qwen2Tokenizer',
       'bos_token': None,
       'eos_token': IM_END,
@@ -245,9 +261,12 @@ def make_tiny_checkpoint(out_dir: os.PathLike | str, *, seed: int = 0, shards: i
       'split_special_tokens': False,
       'model_max_length': config['text_config']['max_position_embeddings'],
       'chat_template': CHAT_TEMPLATE,
-  })
+    },
+  )
   (out / 'chat_template.jinja').write_text(CHAT_TEMPLATE)
-  _write_json(out / 'preprocessor_config.json', {
+  _write_json(
+    out / 'preprocessor_config.json',
+    {
       'feature_extractor_type': 'WhisperFeatureExtractor',
       'processor_class': 'Qwen2AudioProcessor',
       'feature_size': config['audio_config']['num_mel_bins'],
@@ -261,7 +280,8 @@ def make_tiny_checkpoint(out_dir: os.PathLike | str, *, seed: int = 0, shards: i
       'padding_value': 0.0,
       'dither': 0.0,
       'return_attention_mask': True,
-  })
+    },
+  )
   return str(out)
 
 
@@ -274,22 +294,30 @@ def train_tokenizer() -> tokenizers.Tokenizer:
   """
   tokenizer = tokenizers.Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
   tokenizer.normalizer = normalizers.NFC()
-  tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+  tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+    [
       pre_tokenizers.Split(tokenizers.Regex(PRETOKENIZE_PATTERN), behavior='isolated'),
       pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-  ])
+    ]
+  )
   tokenizer.decoder = decoders.ByteLevel()
   trainer = trainers.BpeTrainer(
-      vocab_size=TRAINED_VOCAB_SIZE, min_frequency=2, show_progress=False,
-      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[])
+    vocab_size=TRAINED_VOCAB_SIZE,
+    min_frequency=2,
+    show_progress=False,
+    initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    special_tokens=[],
+  )
   tokenizer.train_from_iterator(TRAINING_TEXT.splitlines(), trainer=trainer)
   tokenizer.add_special_tokens(
-      [tokenizers.AddedToken(token, special=True, normalized=False) for token in SPECIAL_TOKENS])
+    [tokenizers.AddedToken(token, special=True, normalized=False) for token in SPECIAL_TOKENS]
+  )
   return tokenizer
 
 
-def tiny_config(tokenizer_size: int, token_ids: Mapping[str, int], dtype: str = 'float32',
-                **overrides: Any) -> dict[str, Any]:
+def tiny_config(
+  tokenizer_size: int, token_ids: Mapping[str, int], dtype: str = 'float32', **overrides: Any
+) -> dict[str, Any]:
   """The config.json dict of a tiny Qwen2-Audio model.
 
   Args:
@@ -322,31 +350,37 @@ def tiny_config(tokenizer_size: int, token_ids: Mapping[str, int], dtype: str = 
   text['eos_token_id'] = token_ids[IM_END]
   _check_sizes(audio, text, tokenizer_size)
   return {
-      'architectures': ['Qwen2AudioForConditionalGeneration'],
-      'model_type': 'qwen2_audio',
-      'audio_config': audio,
-      'text_config': text,
-      'audio_token_index': token_ids[AUDIO],
-      'ignore_index': -100,
-      'tie_word_embeddings': text['tie_word_embeddings'],
-      'torch_dtype': dtype,
+    'architectures': ['Qwen2AudioForConditionalGeneration'],
+    'model_type': 'qwen2_audio',
+    'audio_config': audio,
+    'text_config': text,
+    'audio_token_index': token_ids[AUDIO],
+    'ignore_index': -100,
+    'tie_word_embeddings': text['tie_word_embeddings'],
+    'torch_dtype': dtype,
   }
 
 
 def _check_sizes(audio: Mapping[str, Any], text: Mapping[str, Any], tokenizer_size: int) -> None:
   if audio['d_model'] % audio['encoder_attention_heads']:
-    raise ValueError(f"d_model {audio['d_model']} is not a multiple of "
-                     f"encoder_attention_heads {audio['encoder_attention_heads']}")
+    raise ValueError(
+      f'd_model {audio["d_model"]} is not a multiple of '
+      f'encoder_attention_heads {audio["encoder_attention_heads"]}'
+    )
   if audio['d_model'] % 2:
-    raise ValueError(f"d_model {audio['d_model']} must be even (sinusoidal positions)")
+    raise ValueError(f'd_model {audio["d_model"]} must be even (sinusoidal positions)')
   if text['hidden_size'] % text['num_attention_heads']:
-    raise ValueError(f"hidden_size {text['hidden_size']} is not a multiple of "
-                     f"num_attention_heads {text['num_attention_heads']}")
+    raise ValueError(
+      f'hidden_size {text["hidden_size"]} is not a multiple of '
+      f'num_attention_heads {text["num_attention_heads"]}'
+    )
   if text['num_attention_heads'] % text['num_key_value_heads']:
-    raise ValueError(f"num_attention_heads {text['num_attention_heads']} is not a multiple of "
-                     f"num_key_value_heads {text['num_key_value_heads']}")
+    raise ValueError(
+      f'num_attention_heads {text["num_attention_heads"]} is not a multiple of '
+      f'num_key_value_heads {text["num_key_value_heads"]}'
+    )
   if text['vocab_size'] < tokenizer_size:
-    raise ValueError(f"vocab_size {text['vocab_size']} < tokenizer size {tokenizer_size}")
+    raise ValueError(f'vocab_size {text["vocab_size"]} < tokenizer size {tokenizer_size}')
 
 
 def parameter_shapes(config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
@@ -422,8 +456,9 @@ def _parameter_specs(config: Mapping[str, Any]) -> dict[str, tuple[tuple[int, ..
   return specs
 
 
-def random_weights(config: Mapping[str, Any], seed: int,
-                   dtype: np.dtype | type = np.float32) -> dict[str, np.ndarray]:
+def random_weights(
+  config: Mapping[str, Any], seed: int, dtype: np.dtype | type = np.float32
+) -> dict[str, np.ndarray]:
   """Random weights for :func:`parameter_shapes`, initialised as the module docstring says.
 
   Args:
@@ -487,8 +522,9 @@ def _write_weights(out: pathlib.Path, weights: Mapping[str, np.ndarray], shards:
     safetensors_numpy.save_file(shard, str(out / filename), metadata=metadata)
     weight_map.update({name: filename for name in shard})
   total_size = sum(int(value.nbytes) for value in weights.values())
-  _write_json(out / 'model.safetensors.index.json',
-              {'metadata': {'total_size': total_size}, 'weight_map': weight_map})
+  _write_json(
+    out / 'model.safetensors.index.json', {'metadata': {'total_size': total_size}, 'weight_map': weight_map}
+  )
 
 
 def _write_json(path: pathlib.Path, value: Any) -> None:

@@ -17,7 +17,8 @@ Restoring takes the target shardings, so a checkpoint saved on one device restor
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import grain
 import jax
@@ -38,9 +39,16 @@ class Checkpointer:
     manager: the underlying ``ocp.CheckpointManager``.
   """
 
-  def __init__(self, directory: os.PathLike | str, *, keep_last: int = 2, keep_best: int = 1,
-               best_metric: Optional[str] = None, best_mode: str = 'min',
-               async_save: bool = True):
+  def __init__(
+    self,
+    directory: os.PathLike | str,
+    *,
+    keep_last: int = 2,
+    keep_best: int = 1,
+    best_metric: str | None = None,
+    best_mode: str = 'min',
+    async_save: bool = True,
+  ):
     """Opens (or creates) the checkpoint directory.
 
     Args:
@@ -60,37 +68,53 @@ class Checkpointer:
     self.best_mode = best_mode
     policies = [checkpoint_managers.LatestN(n=keep_last)]
     if best_metric is not None and keep_best > 0:
-      policies.append(checkpoint_managers.BestN(
+      policies.append(
+        checkpoint_managers.BestN(
           # BestN keeps the last n of the sorted checkpoints: sort worst first.
-          get_metric_fn=lambda metrics: metrics[best_metric], reverse=best_mode == 'min',
-          n=keep_best, keep_checkpoints_without_metrics=False))
+          get_metric_fn=lambda metrics: metrics[best_metric],
+          reverse=best_mode == 'min',
+          n=keep_best,
+          keep_checkpoints_without_metrics=False,
+        )
+      )
     # best_fn makes the manager write each step's metrics to disk and rank by them (best_step).
     options = ocp.CheckpointManagerOptions(
-        best_fn=None if best_metric is None else lambda metrics: metrics[best_metric],
-        best_mode=best_mode,
-        preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
-        enable_async_checkpointing=async_save, create=True)
+      best_fn=None if best_metric is None else lambda metrics: metrics[best_metric],
+      best_mode=best_mode,
+      preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
+      enable_async_checkpointing=async_save,
+      create=True,
+    )
     self.manager = ocp.CheckpointManager(
-        self.directory, options=options,
-        item_handlers={STATE: ocp.StandardCheckpointHandler(),
-                       DATA: grain.checkpoint.CheckpointHandler(),
-                       CONFIG: ocp.JsonCheckpointHandler()})
+      self.directory,
+      options=options,
+      item_handlers={
+        STATE: ocp.StandardCheckpointHandler(),
+        DATA: grain.checkpoint.CheckpointHandler(),
+        CONFIG: ocp.JsonCheckpointHandler(),
+      },
+    )
 
-  def latest_step(self) -> Optional[int]:
+  def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
   def all_steps(self) -> list[int]:
     return list(self.manager.all_steps())
 
-  def best_step(self) -> Optional[int]:
+  def best_step(self) -> int | None:
     """The kept step with the best ``best_metric`` (None without a metric or metrics)."""
     if self.best_metric is None:
       return None
     return self.manager.best_step()
 
-  def save(self, step: int, state: Any, data_iterator: Optional[Any] = None,
-           config: Optional[Mapping[str, Any]] = None,
-           metrics: Optional[Mapping[str, float]] = None) -> bool:
+  def save(
+    self,
+    step: int,
+    state: Any,
+    data_iterator: Any | None = None,
+    config: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, float] | None = None,
+  ) -> bool:
     """Starts saving ``state`` (and the iterator's position and the config) as ``step``.
 
     Returns:
@@ -103,11 +127,13 @@ class Checkpointer:
       items[DATA] = grain.checkpoint.CheckpointSave(data_iterator)
     if config is not None:
       items[CONFIG] = ocp.args.JsonSave(dict(config))
-    return self.manager.save(step, args=ocp.args.Composite(**items),
-                             metrics=None if metrics is None else dict(metrics))
+    return self.manager.save(
+      step, args=ocp.args.Composite(**items), metrics=None if metrics is None else dict(metrics)
+    )
 
-  def restore(self, step: int, abstract_state: Any, state_shardings: Any,
-              data_iterator: Optional[Any] = None) -> Any:
+  def restore(
+    self, step: int, abstract_state: Any, state_shardings: Any, data_iterator: Any | None = None
+  ) -> Any:
     """The state saved at ``step``, placed with ``state_shardings``; moves ``data_iterator`` to the
     saved position.
 
@@ -117,8 +143,9 @@ class Checkpointer:
       state_shardings: the target shardings (any mesh), same structure.
       data_iterator: a Grain iterator to set to the saved position, or None.
     """
-    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          abstract_state, state_shardings)
+    target = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, state_shardings
+    )
     items = {STATE: ocp.args.StandardRestore(target)}
     if data_iterator is not None:
       items[DATA] = grain.checkpoint.CheckpointRestore(data_iterator)
@@ -127,8 +154,7 @@ class Checkpointer:
 
   def restore_config(self, step: int) -> dict:
     """The config saved with ``step``."""
-    return self.manager.restore(step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))[
-        CONFIG]
+    return self.manager.restore(step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))[CONFIG]
 
   def wait(self) -> None:
     """Blocks until every started save is on disk."""

@@ -2,7 +2,7 @@
 
 For one set (perax.train.data.EvalData) :func:`predict` runs the jitted prediction step over every
 batch and keeps the real rows; :func:`evaluate_set` scores them against the targets with
-perax.metrics, overall and per ambiguity level, and :func:`write_evaluation` writes
+perax.distributions.metrics, overall and per ambiguity level, and :func:`write_evaluation` writes
 
   predictions_<set>.parquet   utt_id, p_<label> per label, ambiguity
   metrics_<set>.json          {set, step, n, labels, metrics: {level: {metric: value}}}, NaN as null
@@ -18,25 +18,35 @@ import dataclasses
 import json
 import math
 import os
-from typing import Any, Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import numpy as np
 import pyarrow as pa
 from jax.experimental import multihost_utils
 
-from perax import atomic
-from perax import metrics as metrics_lib
-from perax import tables
-from perax.progress import Progress
+from perax.core import atomic
+from perax.core.progress import Progress
+from perax.data import tables
+from perax.distributions import metrics as metrics_lib
 from perax.train import data as data_lib
 from perax.train import step as step_lib
 from perax.train.setup import RunSetup, setup_run
 
-# Columns of the readable table, in order (all keys of perax.metrics.distribution_metrics are in
+# Columns of the readable table, in order (all keys of perax.distributions.metrics.distribution_metrics are in
 # the JSON).
-TABLE_METRICS = ('n', 'kl', 'js_divergence', 'bhattacharyya', 'r2', 'cosine', 'accuracy',
-                 'unweighted_accuracy', 'macro_f1')
+TABLE_METRICS = (
+  'n',
+  'kl',
+  'js_divergence',
+  'bhattacharyya',
+  'r2',
+  'cosine',
+  'accuracy',
+  'unweighted_accuracy',
+  'macro_f1',
+)
 LEVEL_ORDER = ('low', 'medium', 'high', metrics_lib.ALL)
 
 
@@ -62,13 +72,19 @@ def _host(x) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def predict(eval_data: data_lib.EvalData, predictor: step_lib.StepCompiler, params: Any,
-            frozen: Any, mesh: jax.sharding.Mesh, echo: Callable[[str], None] = print
-            ) -> Predictions:
+def predict(
+  eval_data: data_lib.EvalData,
+  predictor: step_lib.StepCompiler,
+  params: Any,
+  frozen: Any,
+  mesh: jax.sharding.Mesh,
+  echo: Callable[[str], None] = print,
+) -> Predictions:
   """Runs ``predictor`` (perax.train.step.predict_step_compiler) over one pass of the set."""
   pipeline = eval_data.pipeline
-  progress = Progress(total=pipeline.batches_per_epoch, unit='batch', what=f'eval {eval_data.name}',
-                      print_fn=echo)
+  progress = Progress(
+    total=pipeline.batches_per_epoch, unit='batch', what=f'eval {eval_data.name}', print_fn=echo
+  )
   indices, probs, targets = [], [], []
   for batch in pipeline.dataset:
     inputs = step_lib.device_batch(batch, step_lib.MODEL_INPUTS, mesh)
@@ -80,14 +96,19 @@ def predict(eval_data: data_lib.EvalData, predictor: step_lib.StepCompiler, para
   index = np.concatenate(indices)
   real = index >= 0
   index = index[real]
-  return Predictions(utt_ids=pipeline.utt_ids[index], probs=np.concatenate(probs)[real],
-                     targets=np.concatenate(targets)[real], levels=eval_data.levels[index])
+  return Predictions(
+    utt_ids=pipeline.utt_ids[index],
+    probs=np.concatenate(probs)[real],
+    targets=np.concatenate(targets)[real],
+    levels=eval_data.levels[index],
+  )
 
 
 def evaluate_set(predictions: Predictions) -> dict[str, Mapping[str, float]]:
-  """perax.metrics.metrics_by_level of the predictions against their targets."""
-  return metrics_lib.metrics_by_level(predictions.targets.astype(np.float64),
-                                      predictions.probs.astype(np.float64), predictions.levels)
+  """perax.distributions.metrics.metrics_by_level of the predictions against their targets."""
+  return metrics_lib.metrics_by_level(
+    predictions.targets.astype(np.float64), predictions.probs.astype(np.float64), predictions.levels
+  )
 
 
 def json_ready(value):
@@ -101,34 +122,47 @@ def json_ready(value):
 
 def metrics_table(by_level: Mapping[str, Mapping[str, float]]) -> str:
   """A Markdown table: one row per ambiguity level (then all), :data:`TABLE_METRICS` as columns."""
-  lines = ['| level | ' + ' | '.join(TABLE_METRICS) + ' |',
-           '|---|' + '---:|' * len(TABLE_METRICS)]
+  lines = ['| level | ' + ' | '.join(TABLE_METRICS) + ' |', '|---|' + '---:|' * len(TABLE_METRICS)]
   for level in LEVEL_ORDER:
     cells = []
     for name in TABLE_METRICS:
       value = by_level[level][name]
-      cells.append(str(value) if isinstance(value, int) else
-                   '' if math.isnan(value) else f'{value:.4f}')
+      cells.append(str(value) if isinstance(value, int) else '' if math.isnan(value) else f'{value:.4f}')
     lines.append(f'| {level} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 
 
-def write_evaluation(out_dir: str, name: str, predictions: Predictions, labels: tuple[str, ...],
-                     by_level: Mapping[str, Mapping[str, float]], step: int) -> dict[str, str]:
+def write_evaluation(
+  out_dir: str,
+  name: str,
+  predictions: Predictions,
+  labels: tuple[str, ...],
+  by_level: Mapping[str, Mapping[str, float]],
+  step: int,
+) -> dict[str, str]:
   """Writes predictions_<name>.parquet, metrics_<name>.json and metrics_<name>.md; returns paths."""
   os.makedirs(out_dir, exist_ok=True)
   columns = {'utt_id': pa.array(predictions.utt_ids.tolist(), pa.string())}
   columns.update(zip(tables.label_columns(labels), predictions.probs.astype(np.float64).T))
   columns['ambiguity'] = pa.array(predictions.levels.tolist(), pa.string())
-  paths = {'predictions': tables.write_table(pa.table(columns),
-                                             os.path.join(out_dir, f'predictions_{name}.parquet')),
-           'metrics': os.path.join(out_dir, f'metrics_{name}.json'),
-           'table': os.path.join(out_dir, f'metrics_{name}.md')}
-  report = {'set': name, 'step': step, 'n': int(len(predictions.utt_ids)),
-            'labels': list(labels), 'metrics': json_ready(by_level)}
+  paths = {
+    'predictions': tables.write_table(
+      pa.table(columns), os.path.join(out_dir, f'predictions_{name}.parquet')
+    ),
+    'metrics': os.path.join(out_dir, f'metrics_{name}.json'),
+    'table': os.path.join(out_dir, f'metrics_{name}.md'),
+  }
+  report = {
+    'set': name,
+    'step': step,
+    'n': len(predictions.utt_ids),
+    'labels': list(labels),
+    'metrics': json_ready(by_level),
+  }
   atomic.write_text(paths['metrics'], json.dumps(report, indent=2, allow_nan=False) + '\n')
-  atomic.write_text(paths['table'], f'Evaluation set {name}, checkpoint step {step}\n\n'
-              f'{metrics_table(by_level)}\n')
+  atomic.write_text(
+    paths['table'], f'Evaluation set {name}, checkpoint step {step}\n\n{metrics_table(by_level)}\n'
+  )
   return paths
 
 
@@ -151,17 +185,24 @@ def restore_for_eval(setup: RunSetup, which: str | int) -> int:
     else:
       step = int(which)
     if step is None or step not in checkpointer.all_steps():
-      raise FileNotFoundError(f'no checkpoint {which!r} in {checkpointer.directory} '
-                              f'(saved steps: {sorted(checkpointer.all_steps())})')
+      raise FileNotFoundError(
+        f'no checkpoint {which!r} in {checkpointer.directory} '
+        f'(saved steps: {sorted(checkpointer.all_steps())})'
+      )
     setup.state = checkpointer.restore(step, setup.state, setup.shardings)
   finally:
     checkpointer.close()
   return step
 
 
-def evaluate_checkpoint(config: Any, workdir: str, which: str | int = 'best',
-                        out_dir: Optional[str] = None, balanced: bool = True,
-                        echo: Callable[[str], None] = print) -> dict[str, dict]:
+def evaluate_checkpoint(
+  config: Any,
+  workdir: str,
+  which: str | int = 'best',
+  out_dir: str | None = None,
+  balanced: bool = True,
+  echo: Callable[[str], None] = print,
+) -> dict[str, dict]:
   """Evaluates a run's checkpoint on its test split and on the balanced set built from it.
 
   Args:
@@ -179,21 +220,20 @@ def evaluate_checkpoint(config: Any, workdir: str, which: str | int = 'best',
   step = restore_for_eval(setup, which)
   out_dir = out_dir or os.path.join(workdir, f'eval_{step}')
   predictor = step_lib.predict_step_compiler(
-      step_lib.make_predict_step(setup.graphdef), setup.shardings.params,
-      setup.shardings.frozen, setup.mesh)
+    step_lib.make_predict_step(setup.graphdef), setup.shardings.params, setup.shardings.frozen, setup.mesh
+  )
   split = config.data.test_split
   sets = [data_lib.eval_data(setup.run, setup.processor, config, setup.mesh, split)]
   if balanced:
-    sets.append(data_lib.eval_data(setup.run, setup.processor, config, setup.mesh, split,
-                                   balanced=True))
+    sets.append(data_lib.eval_data(setup.run, setup.processor, config, setup.mesh, split, balanced=True))
   results = {}
   for eval_data in sets:
-    predictions = predict(eval_data, predictor, setup.state.params, setup.state.frozen,
-                          setup.mesh, echo)
+    predictions = predict(eval_data, predictor, setup.state.params, setup.state.frozen, setup.mesh, echo)
     by_level = evaluate_set(predictions)
-    paths = write_evaluation(out_dir, eval_data.name, predictions, setup.run.labels, by_level,
-                             step)
-    echo(f'{eval_data.name} (checkpoint step {step}, {len(predictions.utt_ids)} examples):\n'
-         f'{metrics_table(by_level)}\nwrote {", ".join(paths.values())}')
+    paths = write_evaluation(out_dir, eval_data.name, predictions, setup.run.labels, by_level, step)
+    echo(
+      f'{eval_data.name} (checkpoint step {step}, {len(predictions.utt_ids)} examples):\n'
+      f'{metrics_table(by_level)}\nwrote {", ".join(paths.values())}'
+    )
     results[eval_data.name] = by_level
   return results

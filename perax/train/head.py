@@ -16,7 +16,7 @@ positions.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -44,8 +44,9 @@ def pool_last(hidden: jax.Array, attention_mask: jax.Array) -> jax.Array:
   return jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0].astype(jnp.float32)
 
 
-def pool_audio_mean(hidden: jax.Array, input_ids: jax.Array, attention_mask: jax.Array,
-                    audio_token_id: int) -> jax.Array:
+def pool_audio_mean(
+  hidden: jax.Array, input_ids: jax.Array, attention_mask: jax.Array, audio_token_id: int
+) -> jax.Array:
   """The mean hidden state over each row's valid audio-token positions.
 
   Args:
@@ -69,20 +70,18 @@ class DistributionalHead(nnx.Module):
   small (perax.models.layers' normal init), so the first predictions are close to uniform.
   """
 
-  def __init__(self, hidden_size: int, num_classes: int, *, kind: str = 'linear',
-               mlp_size: int = 256, rngs: nnx.Rngs):
+  def __init__(
+    self, hidden_size: int, num_classes: int, *, kind: str = 'linear', mlp_size: int = 256, rngs: nnx.Rngs
+  ):
     if kind not in HEADS:
       raise ValueError(f'unknown head {kind!r}; expected one of {HEADS}')
     common = dict(use_bias=True, dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs)
     if kind == 'linear':
       self.hidden = None
-      self.out = Linear(hidden_size, num_classes, in_axes=('embed',), out_axes=('classes',),
-                        **common)
+      self.out = Linear(hidden_size, num_classes, in_axes=('embed',), out_axes=('classes',), **common)
     else:
-      self.hidden = Linear(hidden_size, mlp_size, in_axes=('embed',), out_axes=('head_mlp',),
-                           **common)
-      self.out = Linear(mlp_size, num_classes, in_axes=('head_mlp',), out_axes=('classes',),
-                        **common)
+      self.hidden = Linear(hidden_size, mlp_size, in_axes=('embed',), out_axes=('head_mlp',), **common)
+      self.out = Linear(mlp_size, num_classes, in_axes=('head_mlp',), out_axes=('classes',), **common)
 
   def __call__(self, pooled: jax.Array) -> jax.Array:
     x = pooled.astype(jnp.float32)
@@ -98,25 +97,37 @@ class DistributionalModel(nnx.Module):
   ``attention_mask [B, L]`` and ``positions [B, L]`` (other keys are ignored).
   """
 
-  def __init__(self, backbone: nnx.Module, config: Qwen2AudioConfig, num_classes: int, *,
-               pooling: str = 'last', head: str = 'linear', mlp_size: int = 256,
-               rngs: nnx.Rngs):
+  def __init__(
+    self,
+    backbone: nnx.Module,
+    config: Qwen2AudioConfig,
+    num_classes: int,
+    *,
+    pooling: str = 'last',
+    head: str = 'linear',
+    mlp_size: int = 256,
+    rngs: nnx.Rngs,
+  ):
     if pooling not in POOLINGS:
       raise ValueError(f'unknown pooling {pooling!r}; expected one of {POOLINGS}')
     self.backbone = backbone
-    self.head = DistributionalHead(config.text.hidden_size, num_classes, kind=head,
-                                   mlp_size=mlp_size, rngs=rngs)
+    self.head = DistributionalHead(
+      config.text.hidden_size, num_classes, kind=head, mlp_size=mlp_size, rngs=rngs
+    )
     self.pooling = pooling
     self.audio_token_id = config.audio_token_id
 
   def __call__(self, batch: Mapping[str, jax.Array]) -> jax.Array:
     input_ids = batch['input_ids']
     attention_mask = batch['attention_mask'].astype(jnp.bool_)
-    audio_embeds, audio_valid = self.backbone.encode_audio(batch['input_features'],
-                                                           batch['feature_lengths'])
+    audio_embeds, audio_valid = self.backbone.encode_audio(batch['input_features'], batch['feature_lengths'])
     inputs_embeds = self.backbone.merge_audio(input_ids, audio_embeds, audio_valid)
-    outputs = self.backbone(inputs_embeds=inputs_embeds, positions=batch['positions'],
-                            attention_mask=attention_mask, return_hidden=True)
+    outputs = self.backbone(
+      inputs_embeds=inputs_embeds,
+      positions=batch['positions'],
+      attention_mask=attention_mask,
+      return_hidden=True,
+    )
     hidden = outputs[-1]
     if self.pooling == 'last':
       pooled = pool_last(hidden, attention_mask)

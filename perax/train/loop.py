@@ -21,12 +21,13 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import jax
 
-from perax import atomic
-from perax.progress import Progress
+from perax.core import atomic
+from perax.core.progress import Progress
 from perax.train import data as data_lib
 from perax.train import evaluate as evaluate_lib
 from perax.train import step as step_lib
@@ -55,7 +56,7 @@ class TrainResult:
   final_step: int
   losses: dict[int, float]
   dev: dict[int, dict]
-  best_step: Optional[int]
+  best_step: int | None
   memory: list[str]
 
 
@@ -77,8 +78,9 @@ def _config_dict(config: Any) -> dict:
   return json.loads(config.to_json()) if hasattr(config, 'to_json') else dict(config)
 
 
-def train(config: Any, workdir: str, *, stop_at_step: Optional[int] = None,
-          echo: Callable[[str], None] = print) -> TrainResult:
+def train(
+  config: Any, workdir: str, *, stop_at_step: int | None = None, echo: Callable[[str], None] = print
+) -> TrainResult:
   """Trains (or resumes training) the distributional model that ``config`` describes.
 
   Args:
@@ -104,18 +106,30 @@ def train(config: Any, workdir: str, *, stop_at_step: Optional[int] = None,
   _cut_jsonl(dev_path, start_step)
 
   step_fn = step_lib.make_train_step(
-      setup.graphdef, loss=config.loss, tx=setup.tx, schedule=setup.schedule, mesh=setup.mesh,
-      num_microbatches=config.num_microbatches, class_weights=setup.class_weights())
+    setup.graphdef,
+    loss=config.loss,
+    tx=setup.tx,
+    schedule=setup.schedule,
+    mesh=setup.mesh,
+    num_microbatches=config.num_microbatches,
+    class_weights=setup.class_weights(),
+  )
   trainer = step_lib.train_step_compiler(step_fn, setup.shardings, setup.mesh)
   dev = None
   if setup.has_dev():
-    dev = data_lib.eval_data(setup.run, setup.processor, config, setup.mesh,
-                             config.data.dev_split)
-  predictor = step_lib.predict_step_compiler(step_lib.make_predict_step(setup.graphdef),
-                                             setup.shardings.params, setup.shardings.frozen,
-                                             setup.mesh)
-  result = TrainResult(workdir=workdir, start_step=start_step, final_step=start_step, losses={},
-                       dev={}, best_step=None, memory=[])
+    dev = data_lib.eval_data(setup.run, setup.processor, config, setup.mesh, config.data.dev_split)
+  predictor = step_lib.predict_step_compiler(
+    step_lib.make_predict_step(setup.graphdef), setup.shardings.params, setup.shardings.frozen, setup.mesh
+  )
+  result = TrainResult(
+    workdir=workdir,
+    start_step=start_step,
+    final_step=start_step,
+    losses={},
+    dev={},
+    best_step=None,
+    memory=[],
+  )
   last_step = config.total_steps if stop_at_step is None else min(stop_at_step, config.total_steps)
   state = setup.state
   batch = None
@@ -156,8 +170,7 @@ def train(config: Any, workdir: str, *, stop_at_step: Optional[int] = None,
     if save:
       dev_metrics = None
       if dev is not None:
-        predictions = evaluate_lib.predict(dev, predictor, state.params, state.frozen, setup.mesh,
-                                           echo)
+        predictions = evaluate_lib.predict(dev, predictor, state.params, state.frozen, setup.mesh, echo)
         dev_metrics = evaluate_lib.evaluate_set(predictions)['all']
         result.dev[step] = dev_metrics
         _append_jsonl(dev_path, {'step': step, **evaluate_lib.json_ready(dev_metrics)})
@@ -165,9 +178,11 @@ def train(config: Any, workdir: str, *, stop_at_step: Optional[int] = None,
       if dev_metrics is not None and config.best_metric:
         ranked = {config.best_metric: dev_metrics[config.best_metric]}
       checkpointer.save(step, state, train_iterator, config=_config_dict(config), metrics=ranked)
-      echo(f'step {step}: loss {loss:.4f}'
-           + ('' if ranked is None else f', dev {config.best_metric} '
-              f'{ranked[config.best_metric]:.4f}') + '; checkpoint saved')
+      echo(
+        f'step {step}: loss {loss:.4f}'
+        + ('' if ranked is None else f', dev {config.best_metric} {ranked[config.best_metric]:.4f}')
+        + '; checkpoint saved'
+      )
   progress.close()
   checkpointer.wait()
   result.best_step = checkpointer.best_step() or checkpointer.latest_step()

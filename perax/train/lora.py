@@ -11,7 +11,8 @@ base weights. The base layer is kept intact as the ``base`` attribute.
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -22,8 +23,7 @@ LORA_AXIS = 'lora_rank'
 
 def _axes(kernel: nnx.Variable) -> tuple:
   metadata = kernel.get_metadata()
-  return tuple(metadata.get('logical_axes') or metadata.get('out_sharding') or
-               (None,) * kernel.ndim)
+  return tuple(metadata.get('logical_axes') or metadata.get('out_sharding') or (None,) * kernel.ndim)
 
 
 class LoRALinear(nnx.Module):
@@ -37,22 +37,22 @@ class LoRALinear(nnx.Module):
     scale: alpha / rank.
   """
 
-  def __init__(self, base: nnx.Module, *, rank: int, alpha: float, param_dtype=jnp.float32,
-               rngs: nnx.Rngs):
+  def __init__(self, base: nnx.Module, *, rank: int, alpha: float, param_dtype=jnp.float32, rngs: nnx.Rngs):
     if rank < 1:
       raise ValueError(f'LoRA rank must be >= 1, got {rank}')
     kernel = base.kernel
     self.num_in_dims = getattr(base, 'num_in_dims', 1)
-    in_shape, out_shape = kernel.shape[:self.num_in_dims], kernel.shape[self.num_in_dims:]
+    in_shape, out_shape = kernel.shape[: self.num_in_dims], kernel.shape[self.num_in_dims :]
     axes = _axes(kernel)
-    in_axes, out_axes = axes[:self.num_in_dims], axes[self.num_in_dims:]
-    a_init = nnx.initializers.he_uniform(in_axis=tuple(range(self.num_in_dims)),
-                                         out_axis=self.num_in_dims)
+    in_axes, out_axes = axes[: self.num_in_dims], axes[self.num_in_dims :]
+    a_init = nnx.initializers.he_uniform(in_axis=tuple(range(self.num_in_dims)), out_axis=self.num_in_dims)
     self.base = base
-    self.lora_a = nnx.LoRAParam(a_init(rngs.params(), in_shape + (rank,), param_dtype),
-                                logical_axes=in_axes + (LORA_AXIS,))
-    self.lora_b = nnx.LoRAParam(jnp.zeros((rank,) + out_shape, param_dtype),
-                                logical_axes=(LORA_AXIS,) + out_axes)
+    self.lora_a = nnx.LoRAParam(
+      a_init(rngs.params(), in_shape + (rank,), param_dtype), logical_axes=in_axes + (LORA_AXIS,)
+    )
+    self.lora_b = nnx.LoRAParam(
+      jnp.zeros((rank,) + out_shape, param_dtype), logical_axes=(LORA_AXIS,) + out_axes
+    )
     self.scale = alpha / rank
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -60,8 +60,9 @@ class LoRALinear(nnx.Module):
     y = self.base(x)
     n = self.num_in_dims
     contract = tuple(range(x.ndim - n, x.ndim))
-    low = jax.lax.dot_general(x.astype(y.dtype), self.lora_a[...].astype(y.dtype),
-                              ((contract, tuple(range(n))), ((), ())))
+    low = jax.lax.dot_general(
+      x.astype(y.dtype), self.lora_a[...].astype(y.dtype), ((contract, tuple(range(n))), ((), ()))
+    )
     update = jnp.tensordot(low, self.lora_b[...].astype(y.dtype), axes=1)
     return y + update * jnp.asarray(self.scale, y.dtype)
 
@@ -75,8 +76,15 @@ def _matches(path: str, targets: Sequence[str]) -> bool:
   return any(re.search(rf'(^|/)(?:{t})$', path) for t in targets)
 
 
-def apply_lora(model: nnx.Module, targets: Sequence[str], *, rank: int, alpha: float,
-               param_dtype=jnp.float32, rngs: nnx.Rngs) -> list[str]:
+def apply_lora(
+  model: nnx.Module,
+  targets: Sequence[str],
+  *,
+  rank: int,
+  alpha: float,
+  param_dtype=jnp.float32,
+  rngs: nnx.Rngs,
+) -> list[str]:
   """Wraps every linear layer of ``model`` whose path matches a target in :class:`LoRALinear`.
 
   Args:

@@ -9,31 +9,31 @@ class-weighted cross-entropy. Terms with a zero target contribute nothing (``0 l
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-LossFn = Callable[[jax.Array, jax.Array, Optional[jax.Array]], jax.Array]
+LossFn = Callable[[jax.Array, jax.Array, jax.Array | None], jax.Array]
 
 
-def _weighted_sum(terms: jax.Array, class_weights: Optional[jax.Array]) -> jax.Array:
+def _weighted_sum(terms: jax.Array, class_weights: jax.Array | None) -> jax.Array:
   """Sums ``terms [B, C]`` over classes, each class scaled by ``class_weights [C]`` when given."""
   if class_weights is not None:
     terms = terms * class_weights.astype(jnp.float32)
   return terms.sum(axis=-1)
 
 
-def soft_cross_entropy(logits: jax.Array, targets: jax.Array,
-                       class_weights: Optional[jax.Array] = None) -> jax.Array:
+def soft_cross_entropy(
+  logits: jax.Array, targets: jax.Array, class_weights: jax.Array | None = None
+) -> jax.Array:
   """``-sum_c w_c t_c log q_c`` with ``q = softmax(logits)``; [B] in nats."""
   log_q = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   return _weighted_sum(-targets.astype(jnp.float32) * log_q, class_weights)
 
 
-def kl_divergence(logits: jax.Array, targets: jax.Array,
-                  class_weights: Optional[jax.Array] = None) -> jax.Array:
+def kl_divergence(logits: jax.Array, targets: jax.Array, class_weights: jax.Array | None = None) -> jax.Array:
   """``KL(t || q) = sum_c w_c t_c (log t_c - log q_c)``; [B] in nats, 0 where ``q == t``.
 
   It equals the soft cross-entropy minus the target's entropy, so both have the same gradient; KL
@@ -44,9 +44,8 @@ def kl_divergence(logits: jax.Array, targets: jax.Array,
   return _weighted_sum(jax.scipy.special.xlogy(t, t) - t * log_q, class_weights)
 
 
-def js_divergence(logits: jax.Array, targets: jax.Array,
-                  class_weights: Optional[jax.Array] = None) -> jax.Array:
-  """Jensen-Shannon divergence in bits (base 2, in [0, 1] unweighted), as perax.metrics reports it.
+def js_divergence(logits: jax.Array, targets: jax.Array, class_weights: jax.Array | None = None) -> jax.Array:
+  """Jensen-Shannon divergence in bits (base 2, in [0, 1] unweighted), as perax.distributions.metrics reports it.
 
   ``JS = (KL(t || m) + KL(q || m)) / 2`` with ``m = (t + q) / 2``.
   """
@@ -54,15 +53,19 @@ def js_divergence(logits: jax.Array, targets: jax.Array,
   q = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
   m = 0.5 * (t + q)
   # xlogy(x, x / m) is 0 where x == 0 (m > 0 wherever x > 0).
-  terms = 0.5 * (jax.scipy.special.xlogy(t, t) - jax.scipy.special.xlogy(t, m)
-                 + jax.scipy.special.xlogy(q, q) - jax.scipy.special.xlogy(q, m))
+  terms = 0.5 * (
+    jax.scipy.special.xlogy(t, t)
+    - jax.scipy.special.xlogy(t, m)
+    + jax.scipy.special.xlogy(q, q)
+    - jax.scipy.special.xlogy(q, m)
+  )
   return _weighted_sum(terms, class_weights) / math.log(2.0)
 
 
 LOSSES: dict[str, LossFn] = {
-    'kl': kl_divergence,
-    'soft_ce': soft_cross_entropy,
-    'js': js_divergence,
+  'kl': kl_divergence,
+  'soft_ce': soft_cross_entropy,
+  'js': js_divergence,
 }
 
 

@@ -17,7 +17,8 @@ sharded like their parameters; scalars (the step, optimizer counts) are replicat
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 from flax import nnx
@@ -52,20 +53,20 @@ def parse_mesh_shape(spec: str | Sequence[int], num_devices: int) -> tuple[int, 
       raise ValueError(f'mesh shape {spec!r} does not divide {num_devices} devices')
     sizes[sizes.index(-1)] = num_devices // known
   if math.prod(sizes) != num_devices:
-    raise ValueError(f'mesh shape {spec!r} covers {math.prod(sizes)} devices, '
-                     f'but {num_devices} are in use')
+    raise ValueError(f'mesh shape {spec!r} covers {math.prod(sizes)} devices, but {num_devices} are in use')
   return tuple(sizes)
 
 
-def make_mesh(spec: str | Sequence[int], devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+def make_mesh(spec: str | Sequence[int], devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A (data, fsdp, tensor) mesh over ``devices`` (default: all of them) from a shape spec."""
   devices = list(jax.devices() if devices is None else devices)
   data, fsdp, tensor = parse_mesh_shape(spec, len(devices))
   return model_sharding.make_mesh(data, fsdp, tensor, devices=devices)
 
 
-def state_shardings(tree: Any, mesh: Mesh,
-                    rules: model_sharding.Rules = model_sharding.LOGICAL_AXIS_RULES) -> Any:
+def state_shardings(
+  tree: Any, mesh: Mesh, rules: model_sharding.Rules = model_sharding.LOGICAL_AXIS_RULES
+) -> Any:
   """NamedShardings for every array of ``tree`` (an nnx.State, a TrainState, any pytree).
 
   nnx Variables are sharded by their logical axes; other arrays are replicated. The result has the
@@ -76,8 +77,7 @@ def state_shardings(tree: Any, mesh: Mesh,
   def sharding(x):
     if isinstance(x, nnx.Variable):
       axes = x.get_metadata().get('logical_axes')
-      spec = PartitionSpec() if axes is None else model_sharding.partition_spec(
-          axes, x.shape, mesh, rules)
+      spec = PartitionSpec() if axes is None else model_sharding.partition_spec(axes, x.shape, mesh, rules)
       return x.replace(NamedSharding(mesh, spec))
     return NamedSharding(mesh, PartitionSpec())
 

@@ -9,7 +9,8 @@ LoRA adapters and the head always keep float32 weights, and the head and the los
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax.numpy as jnp
 from flax import nnx
@@ -55,8 +56,9 @@ def dtype_from_name(name: str) -> Any:
     raise ValueError(f'unknown dtype {name!r}') from e
 
 
-def wrap_backbone(backbone: nnx.Module, config: Qwen2AudioConfig,
-                  options: ModelOptions) -> tuple[DistributionalModel, list[str]]:
+def wrap_backbone(
+  backbone: nnx.Module, config: Qwen2AudioConfig, options: ModelOptions
+) -> tuple[DistributionalModel, list[str]]:
   """Adds LoRA adapters (scope 'lora') and the head to ``backbone``.
 
   Returns:
@@ -65,16 +67,29 @@ def wrap_backbone(backbone: nnx.Module, config: Qwen2AudioConfig,
   rngs = nnx.Rngs(options.seed)
   adapted = []
   if options.scope == 'lora':
-    adapted = lora.apply_lora(backbone, options.lora_targets, rank=options.lora_rank,
-                              alpha=options.lora_alpha, rngs=rngs)
-  model = DistributionalModel(backbone, config, options.num_classes, pooling=options.pooling,
-                              head=options.head, mlp_size=options.mlp_size, rngs=rngs)
+    adapted = lora.apply_lora(
+      backbone, options.lora_targets, rank=options.lora_rank, alpha=options.lora_alpha, rngs=rngs
+    )
+  model = DistributionalModel(
+    backbone,
+    config,
+    options.num_classes,
+    pooling=options.pooling,
+    head=options.head,
+    mlp_size=options.mlp_size,
+    rngs=rngs,
+  )
   return model, adapted
 
 
-def build_model(checkpoint: str, options: ModelOptions, *, compute_dtype: str = 'bfloat16',
-                param_dtype: str = 'float32', mesh: Optional[Mesh] = None
-                ) -> tuple[DistributionalModel, Qwen2AudioConfig, Any, list[str]]:
+def build_model(
+  checkpoint: str,
+  options: ModelOptions,
+  *,
+  compute_dtype: str = 'bfloat16',
+  param_dtype: str = 'float32',
+  mesh: Mesh | None = None,
+) -> tuple[DistributionalModel, Qwen2AudioConfig, Any, list[str]]:
   """Loads the backbone from ``checkpoint`` (HF or perax-converted) and wraps it.
 
   Args:
@@ -88,7 +103,7 @@ def build_model(checkpoint: str, options: ModelOptions, *, compute_dtype: str = 
     (model, the backbone's config, the checkpoint's processor, the LoRA-adapted layer paths).
   """
   backbone, config, processor = loading.load_model(
-      checkpoint, dtype=dtype_from_name(compute_dtype), param_dtype=dtype_from_name(param_dtype),
-      mesh=mesh)
+    checkpoint, dtype=dtype_from_name(compute_dtype), param_dtype=dtype_from_name(param_dtype), mesh=mesh
+  )
   model, adapted = wrap_backbone(backbone, config, options)
   return model, config, processor, adapted

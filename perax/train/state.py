@@ -16,8 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
-from flax import nnx
-from flax import struct
+from flax import nnx, struct
 
 SCOPES = ('head', 'lora', 'full')
 
@@ -60,11 +59,9 @@ def split_model(model: nnx.Module, scope: str) -> tuple[nnx.GraphDef, nnx.State,
   return graphdef, params, frozen
 
 
-def create_train_state(params: nnx.State, frozen: nnx.State,
-                       tx: optax.GradientTransformation) -> TrainState:
+def create_train_state(params: nnx.State, frozen: nnx.State, tx: optax.GradientTransformation) -> TrainState:
   """A fresh train state at step 0."""
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, frozen=frozen,
-                    opt_state=tx.init(params))
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, frozen=frozen, opt_state=tx.init(params))
 
 
 def count_parameters(state: nnx.State) -> int:

@@ -15,7 +15,8 @@ per distinct batch shape before it runs, and logs the compiled executable's memo
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -49,10 +50,16 @@ def split_microbatches(batch: Batch, num_microbatches: int) -> dict[str, jax.Arr
   return {k: split(v) for k, v in batch.items()}
 
 
-def make_train_step(graphdef: nnx.GraphDef, *, loss: str, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule, mesh: Mesh, num_microbatches: int = 1,
-                    class_weights: Optional[np.ndarray] = None
-                    ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+def make_train_step(
+  graphdef: nnx.GraphDef,
+  *,
+  loss: str,
+  tx: optax.GradientTransformation,
+  schedule: optax.Schedule,
+  mesh: Mesh,
+  num_microbatches: int = 1,
+  class_weights: np.ndarray | None = None,
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
   """A training step: mean loss over the batch, averaged micro-batch gradients, one AdamW update.
 
   Args:
@@ -96,12 +103,13 @@ def make_train_step(graphdef: nnx.GraphDef, *, loss: str, tx: optax.GradientTran
     grads = jax.tree.map(lambda g: g / examples, grad_total)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {'loss': total / examples,
-               'grad_norm': optax.tree.norm(grads),
-               'learning_rate': jnp.asarray(schedule(state.step), jnp.float32),
-               'examples': examples}
-    return TrainState(step=state.step + 1, params=params, frozen=state.frozen,
-                      opt_state=opt_state), metrics
+    metrics = {
+      'loss': total / examples,
+      'grad_norm': optax.tree.norm(grads),
+      'learning_rate': jnp.asarray(schedule(state.step), jnp.float32),
+      'examples': examples,
+    }
+    return TrainState(step=state.step + 1, params=params, frozen=state.frozen, opt_state=opt_state), metrics
 
   return step
 
@@ -116,8 +124,7 @@ def make_predict_step(graphdef: nnx.GraphDef) -> Callable[[nnx.State, nnx.State,
   return predict
 
 
-def device_batch(batch: Mapping[str, Any], keys: tuple[str, ...],
-                 mesh: Mesh) -> dict[str, jax.Array]:
+def device_batch(batch: Mapping[str, Any], keys: tuple[str, ...], mesh: Mesh) -> dict[str, jax.Array]:
   """The ``keys`` of a host batch as global arrays split over the mesh's batch axes.
 
   Each process passes its own rows (``jax.make_array_from_process_local_data``), so the same code
@@ -131,13 +138,14 @@ def device_batch(batch: Mapping[str, Any], keys: tuple[str, ...],
 
 
 def _shape_key(tree) -> tuple:
-  return tuple((jax.tree_util.keystr(path), tuple(x.shape), str(x.dtype))
-               for path, x in jax.tree_util.tree_flatten_with_path(tree)[0])
+  return tuple(
+    (jax.tree_util.keystr(path), tuple(x.shape), str(x.dtype))
+    for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+  )
 
 
 def _abstract(tree, shardings) -> Any:
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      tree, shardings)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
 def memory_summary(compiled) -> str:
@@ -145,10 +153,18 @@ def memory_summary(compiled) -> str:
   stats = compiled.memory_analysis()
   if stats is None:
     return 'memory analysis unavailable on this backend'
-  fields = ('argument_size_in_bytes', 'output_size_in_bytes', 'alias_size_in_bytes',
-            'temp_size_in_bytes', 'generated_code_size_in_bytes')
-  return ', '.join(f'{f.removesuffix("_size_in_bytes")} {getattr(stats, f) / 2**20:.1f} MiB'
-                   for f in fields if hasattr(stats, f))
+  fields = (
+    'argument_size_in_bytes',
+    'output_size_in_bytes',
+    'alias_size_in_bytes',
+    'temp_size_in_bytes',
+    'generated_code_size_in_bytes',
+  )
+  return ', '.join(
+    f'{f.removesuffix("_size_in_bytes")} {getattr(stats, f) / 2**20:.1f} MiB'
+    for f in fields
+    if hasattr(stats, f)
+  )
 
 
 class StepCompiler:
@@ -160,8 +176,16 @@ class StepCompiler:
     memory: the memory-analysis line of each compiled executable, by batch shape.
   """
 
-  def __init__(self, fn: Callable, *, arg_shardings: tuple, mesh: Mesh,
-               out_shardings: Any, donate_argnums: tuple[int, ...] = (), name: str = 'step'):
+  def __init__(
+    self,
+    fn: Callable,
+    *,
+    arg_shardings: tuple,
+    mesh: Mesh,
+    out_shardings: Any,
+    donate_argnums: tuple[int, ...] = (),
+    name: str = 'step',
+  ):
     """Wraps ``fn(*args, batch)``.
 
     Args:
@@ -174,8 +198,12 @@ class StepCompiler:
       name: names the step in logs.
     """
     self._arg_shardings = tuple(arg_shardings)
-    self.jitted = jax.jit(fn, in_shardings=self._arg_shardings + (batch_sharding(mesh),),
-                          out_shardings=out_shardings, donate_argnums=donate_argnums)
+    self.jitted = jax.jit(
+      fn,
+      in_shardings=self._arg_shardings + (batch_sharding(mesh),),
+      out_shardings=out_shardings,
+      donate_argnums=donate_argnums,
+    )
     self.executables: dict[tuple, Any] = {}
     self.memory: dict[tuple, str] = {}
     self._name = name
@@ -199,13 +227,24 @@ class StepCompiler:
 
 def train_step_compiler(step: Callable, state_shardings: Any, mesh: Mesh) -> StepCompiler:
   """A StepCompiler for ``step(state, batch)``: state in and out with its shardings, donated."""
-  return StepCompiler(step, arg_shardings=(state_shardings,), mesh=mesh,
-                      out_shardings=(state_shardings, replicated(mesh)), donate_argnums=(0,),
-                      name='train step')
+  return StepCompiler(
+    step,
+    arg_shardings=(state_shardings,),
+    mesh=mesh,
+    out_shardings=(state_shardings, replicated(mesh)),
+    donate_argnums=(0,),
+    name='train step',
+  )
 
 
-def predict_step_compiler(predict: Callable, params_shardings: Any, frozen_shardings: Any,
-                          mesh: Mesh) -> StepCompiler:
+def predict_step_compiler(
+  predict: Callable, params_shardings: Any, frozen_shardings: Any, mesh: Mesh
+) -> StepCompiler:
   """A StepCompiler for ``predict(params, frozen, batch)``; predictions come back split by row."""
-  return StepCompiler(predict, arg_shardings=(params_shardings, frozen_shardings),
-                      mesh=mesh, out_shardings=batch_sharding(mesh), name='predict step')
+  return StepCompiler(
+    predict,
+    arg_shardings=(params_shardings, frozen_shardings),
+    mesh=mesh,
+    out_shardings=batch_sharding(mesh),
+    name='predict step',
+  )

@@ -1,0 +1,1 @@
+"""Corpora into tables: labels, corpus loaders, the utterance and vote tables, audio and log-mel features."""

@@ -1,0 +1,269 @@
+"""The two tables every corpus becomes, and how they are read and written.
+
+perax keeps data as :class:`pyarrow.Table` in memory and Parquet on disk; compute converts columns to
+numpy.  Every corpus loader produces exactly these schemas (extra columns are allowed after them).
+
+utterances (one row per utterance):
+  utt_id      string   the corpus's own name (IEMOCAP turn id, MSP-Podcast file name, CREMA-D clip
+                       name such as 1001_IEO_NEU_XX, EmoDB file stem). Unique.
+  audio_path  string   absolute path of the audio file; null where the corpus ships no audio.
+  start_s     float64  segment start within audio_path in seconds; NaN = the whole file.
+  end_s       float64  segment end in seconds; NaN = the whole file.
+  duration_s  float64  utterance duration in seconds; NaN where unknown.
+  transcript  string   null where the corpus has none.
+  speaker     string
+  split       string   train | dev | test (or a corpus's own test name such as test1, test2).
+  fold        string   cross-validation fold (IEMOCAP: Session1..Session5); null where none.
+  corpus      string
+
+votes (one row per rater and label; a rater who gives several labels on one line gets one row per
+label, with weights summing to 1):
+  utt_id      string
+  rater       string   human rater id, or for synthetic votes "<model>|<prompt_id>"
+  source      string   human | synthetic
+  label       string   canonical label (perax.data.labels), or "invalid" (see ``text``)
+  weight      float64  share of this rater's vote; 1.0 for single-label votes
+  text        string   the original answer text as the corpus or the model wrote it
+  valence, arousal, dominance  float64  dimensional ratings where the corpus has them, else NaN
+
+Synthetic votes written by generate_proxies also carry prompt_id (string), vote_index (int32) and
+valid (bool).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+
+from perax.core.errors import InputError, SkipCounter, handle
+
+HUMAN = 'human'
+SYNTHETIC = 'synthetic'
+
+UTTERANCE_SCHEMA = pa.schema(
+  [
+    ('utt_id', pa.string()),
+    ('audio_path', pa.string()),
+    ('start_s', pa.float64()),
+    ('end_s', pa.float64()),
+    ('duration_s', pa.float64()),
+    ('transcript', pa.string()),
+    ('speaker', pa.string()),
+    ('split', pa.string()),
+    ('fold', pa.string()),
+    ('corpus', pa.string()),
+  ]
+)
+
+VOTE_SCHEMA = pa.schema(
+  [
+    ('utt_id', pa.string()),
+    ('rater', pa.string()),
+    ('source', pa.string()),
+    ('label', pa.string()),
+    ('weight', pa.float64()),
+    ('text', pa.string()),
+    ('valence', pa.float64()),
+    ('arousal', pa.float64()),
+    ('dominance', pa.float64()),
+  ]
+)
+
+_DEFAULTS = {pa.float64(): float('nan'), pa.string(): None}
+
+
+def _build(rows_or_columns, schema: pa.Schema, what: str) -> pa.Table:
+  """Builds a table in ``schema`` from a list of row dicts or a dict of columns.
+
+  Missing columns of the schema are filled with their default (NaN or null); extra columns are kept
+  after the schema's columns.
+  """
+  if isinstance(rows_or_columns, pa.Table):
+    columns = {name: rows_or_columns.column(name) for name in rows_or_columns.column_names}
+    n = rows_or_columns.num_rows
+  elif isinstance(rows_or_columns, Mapping):
+    columns = dict(rows_or_columns)
+    n = len(next(iter(columns.values()))) if columns else 0
+  else:
+    rows = list(rows_or_columns)
+    n = len(rows)
+    keys = list(schema.names) + sorted({k for r in rows for k in r} - set(schema.names))
+    columns = {
+      k: [r.get(k, _DEFAULTS.get(schema.field(k).type) if k in schema.names else None) for r in rows]
+      for k in keys
+    }
+  arrays, fields = [], []
+  for field in schema:
+    if field.name in columns:
+      col = columns[field.name]
+      try:
+        arr = (
+          pa.array(col, type=field.type)
+          if not isinstance(col, (pa.Array, pa.ChunkedArray))
+          else col.cast(field.type)
+        )
+      except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as e:
+        raise InputError(f'{what} column {field.name!r} is not {field.type}: {e}') from e
+    else:
+      default = _DEFAULTS.get(field.type)
+      arr = pa.array([default] * n, type=field.type)
+    arrays.append(arr)
+    fields.append(field)
+  for name, col in columns.items():
+    if name not in schema.names:
+      arr = col if isinstance(col, (pa.Array, pa.ChunkedArray)) else pa.array(col)
+      arrays.append(arr)
+      fields.append(pa.field(name, arr.type))
+  return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def utterances_table(rows_or_columns) -> pa.Table:
+  """Utterances in UTTERANCE_SCHEMA, from row dicts, a column dict or a table; checks utt_id."""
+  table = _build(rows_or_columns, UTTERANCE_SCHEMA, 'utterances')
+  ids = table.column('utt_id')
+  if ids.null_count:
+    raise InputError('utterances have a null utt_id')
+  if pc.count_distinct(ids).as_py() != table.num_rows:
+    values, counts = np.unique(np.asarray(ids.to_pylist(), dtype=object), return_counts=True)
+    raise InputError(f'utterances repeat utt_id {values[counts > 1][0]!r}', item=str(values[counts > 1][0]))
+  return table
+
+
+def votes_table(rows_or_columns) -> pa.Table:
+  """Votes in VOTE_SCHEMA; ``weight`` defaults to 1.0 and ``source`` must be human|synthetic."""
+  if not isinstance(rows_or_columns, (pa.Table, Mapping)):
+    rows_or_columns = [dict(r) for r in rows_or_columns]
+    for r in rows_or_columns:
+      r.setdefault('weight', 1.0)
+  table = _build(rows_or_columns, VOTE_SCHEMA, 'votes')
+  weight = table.column('weight').to_numpy(zero_copy_only=False)
+  if np.isnan(weight).any():
+    table = table.set_column(
+      table.schema.get_field_index('weight'), 'weight', pa.array(np.where(np.isnan(weight), 1.0, weight))
+    )
+  sources = set(table.column('source').unique().to_pylist())
+  if not sources <= {HUMAN, SYNTHETIC}:
+    raise InputError(
+      f'votes have source {sorted(map(str, sources - {HUMAN, SYNTHETIC}))}; '
+      f'expected {HUMAN!r} or {SYNTHETIC!r}'
+    )
+  return table
+
+
+def empty_votes() -> pa.Table:
+  return VOTE_SCHEMA.empty_table()
+
+
+def concat(tables: Sequence[pa.Table]) -> pa.Table:
+  """Concatenates tables of one schema family, unifying extra columns (missing ones become null)."""
+  return pa.concat_tables(list(tables), promote_options='default')
+
+
+def label_columns(labels: Iterable[str]) -> list[str]:
+  """The distribution columns for a label set, in order: ``p_<label>``."""
+  return [f'p_{label}' for label in labels]
+
+
+def labels_from_columns(column_names: Iterable[str]) -> list[str]:
+  """Inverse of :func:`label_columns`: the labels of a table's ``p_<label>`` columns, in order."""
+  return [c[2:] for c in column_names if c.startswith('p_')]
+
+
+# ----------------------------------------------------------------------------------------------
+# Files.
+
+
+def write_table(table: pa.Table, path: os.PathLike | str) -> str:
+  """Writes ``table`` to Parquet atomically (temp file + rename), so a killed job leaves no half file."""
+  path = os.fspath(path)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f'{path}.tmp-{os.getpid()}'
+  pq.write_table(table, tmp)
+  os.replace(tmp, path)
+  return path
+
+
+def read_table(path: os.PathLike | str, columns: Sequence[str] | None = None) -> pa.Table:
+  """Reads a Parquet, CSV or JSONL table by its extension, naming the file on failure."""
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    raise InputError('no such file', path=path)
+  ext = os.path.splitext(path)[1].lower()
+  try:
+    if ext in ('.parquet', '.pq'):
+      return pq.read_table(path, columns=columns)
+    if ext == '.csv':
+      table = pa_csv.read_csv(path)
+    elif ext in ('.jsonl', '.json'):
+      table = _read_jsonl(path)
+    else:
+      raise InputError(f'unknown table format {ext!r} (expected .parquet, .csv or .jsonl)', path=path)
+  except (pa.ArrowInvalid, OSError) as e:
+    raise InputError(f'cannot read table: {e}', path=path) from e
+  return table.select(columns) if columns else table
+
+
+def iter_jsonl(
+  path: os.PathLike | str, lenient: bool = False, skipped: SkipCounter | None = None
+) -> Iterator[tuple[int, dict]]:
+  """Yields (1-based line, object) for each non-blank line of a JSONL file.
+
+  A line that is not a JSON object raises InputError naming the file and line, or with ``lenient``
+  is counted in ``skipped`` and passed over.
+  """
+  with open(path, encoding='utf-8') as f:
+    for lineno, text in enumerate(f, 1):
+      if not text.strip():
+        continue
+      try:
+        row = json.loads(text)
+      except json.JSONDecodeError as e:
+        handle(InputError(f'invalid JSON: {e.msg}', path=path, line=lineno), lenient, skipped)
+        continue
+      if not isinstance(row, dict):
+        handle(InputError('expected a JSON object per line', path=path, line=lineno), lenient, skipped)
+        continue
+      yield lineno, row
+
+
+def _read_jsonl(path: str) -> pa.Table:
+  rows = [row for _, row in iter_jsonl(path)]
+  # from_pylist takes its columns from the first row alone: list the union so no column is lost.
+  names = list(dict.fromkeys(k for row in rows for k in row))
+  return pa.Table.from_pydict({k: [row.get(k) for row in rows] for k in names})
+
+
+def read_utterances(path: os.PathLike | str) -> pa.Table:
+  try:
+    return utterances_table(read_table(path))
+  except InputError as e:
+    if e.path is None:
+      raise InputError(e.reason, path=path, item=e.item) from e
+    raise
+
+
+def read_votes(paths: os.PathLike | str | Sequence[os.PathLike | str]) -> pa.Table:
+  """Reads and concatenates one or more votes tables (a list, or a comma-separated string)."""
+  if isinstance(paths, (str, os.PathLike)):
+    paths = [p for p in os.fspath(paths).split(',') if p]
+  tables = []
+  for path in paths:
+    try:
+      tables.append(votes_table(read_table(path)))
+    except InputError as e:
+      if e.path is None:
+        raise InputError(e.reason, path=path, item=e.item) from e
+      raise
+  return concat(tables) if tables else empty_votes()
+
+
+def column(table: pa.Table, name: str) -> np.ndarray:
+  """A column as numpy (object array for strings)."""
+  return table.column(name).to_numpy(zero_copy_only=False)

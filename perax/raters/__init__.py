@@ -1,0 +1,1 @@
+"""Synthetic raters: prompts, batched decoding from Qwen2-Audio, label scoring and bulk proxy generation."""
