@@ -235,7 +235,7 @@ MSP_WORDS = {
   'O': 'Other-Concerned',
 }
 _MSP_ODD_PRIMARIES = ('Other- upset; tense', 'Dissapointed', 'Other-Confused', 'Angry and sad')
-UNRATED_FILE = 'MSP-PODCAST_0107_0002.wav'
+UNRATED_FILE = 'MSP-PODCAST_0104_0002.wav'
 
 
 @dataclasses.dataclass
