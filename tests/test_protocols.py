@@ -27,6 +27,7 @@ from real_corpora import (
   write_msp_podcast,
 )
 
+from perax.augment import dime_aug
 from perax.core.errors import InputError
 from perax.data import corpora, tables
 from perax.data.corpora import iemocap, msp_podcast
@@ -357,6 +358,26 @@ def test_msp_unknown_speakers_are_each_their_own(msp_build):
   for row in corpus.utterances.to_pylist():
     splits_of[row['speaker']].add(row['split'])
   assert all(len(s) == 1 for s in splits_of.values())  # speaker-disjoint, Unknown included
+  for split in ('test1', 'test2', 'dev'):  # the check DiME-Aug's evaluation set runs
+    assert not dime_aug.speaker_leaks(corpus.utterances, split)
+
+
+@pytest.mark.parametrize(
+  'name,options',
+  [
+    ('iemocap', {}),
+    ('iemocap', {'protocol': 'any_in_set', 'outside_votes': 'other'}),
+    ('iemocap', {'protocol': 'full'}),
+    ('msp_podcast', {}),
+    ('msp_podcast', {'outside_votes': 'other'}),
+  ],
+)
+def test_natural_label_set_is_the_protocols(iemocap_root, msp_build, name, options):
+  root = iemocap_root if name == 'iemocap' else msp_build.root
+  corpus = corpora.load_corpus(name, root, **options)
+  assert corpora.natural_label_set(name, options.get('protocol'), options.get('outside_votes', 'drop')) == (
+    corpus.protocol.label_set
+  )
 
 
 def test_msp_x_o_and_outside_options(msp_build):

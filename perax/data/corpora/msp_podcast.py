@@ -147,6 +147,13 @@ def _decoded_lines(path: str, lenient: bool, skipped: SkipCounter) -> list[tuple
   except OSError as e:
     raise InputError(f'cannot read: {e}', path=path) from e
   data = data.removeprefix(codecs.BOM_UTF8)
+  try:  # the usual case, at the speed of one decode
+    texts = data.decode('utf-8').split('\n')
+    if texts and not texts[-1]:
+      texts.pop()
+    return [(number, f'{text}\n') for number, text in enumerate(texts, 1)]
+  except UnicodeDecodeError:
+    pass
   raw_lines = data.split(b'\n')
   if raw_lines and not raw_lines[-1]:
     raw_lines.pop()
