@@ -248,6 +248,20 @@ def test_iemocap_lenient_skips_the_block_of_a_broken_header(iemocap_root, tmp_pa
   ]
 
 
+def test_iemocap_line_numbers_survive_cp1252_bytes(iemocap_root, tmp_path):
+  """Issue 14 defect 6: a 0x85 byte (cp1252's ellipsis; U+0085 in Latin-1) must not shift line numbers."""
+  root = pathlib.Path(shutil.copytree(iemocap_root / 'Session1', tmp_path / 'rel' / 'Session1')).parent
+  path = _dialog_file(root)
+  lines = path.read_bytes().split(b'\n')
+  lines[3] = lines[3].replace(b'\t(', b'\t(wait\x85 \x1c ', 1)
+  bad = len(lines) - 3
+  lines[bad - 1] = b'C-E9 Neutral'
+  path.write_bytes(b'\n'.join(lines))
+  with pytest.raises(InputError, match='unexpected line') as error:
+    iemocap.load(root)
+  assert error.value.line == bad
+
+
 def test_iemocap_lenient_lines_of_two_utterances_run_together(iemocap_root, tmp_path):
   """A header lost entirely: F002's lines join M001's block; a second line of one evaluator shows it."""
   root = pathlib.Path(shutil.copytree(iemocap_root / 'Session1', tmp_path / 'rel' / 'Session1')).parent

@@ -70,6 +70,12 @@ _TRANSCRIPT = re.compile(r'^(\S+)\s+\[[^\]]*\]\s*:\s?(.*)$')
 _SELF_EVALUATOR = re.compile(r'^[FM]\d*$')
 
 
+def _lines(text: str) -> list[str]:
+  """The lines of a file's text, split at \\n only (\\r\\n tolerated): str.splitlines would also split
+  at U+0085, which is what Latin-1 makes of a cp1252 ellipsis byte, and shift every line number after."""
+  return [line.removesuffix('\r') for line in text.split('\n')]
+
+
 def _split_comment(text: str) -> tuple[str, str | None]:
   """(labels part, comment or None) of the text after ``C-<id>:``."""
   start = text.find('(')
@@ -181,8 +187,8 @@ def _read_evaluation(
   """
   dialog = os.path.splitext(os.path.basename(path))[0]
   try:
-    with open(path, encoding=ENCODING) as f:
-      lines = f.read().splitlines()
+    with open(path, encoding=ENCODING, newline='') as f:
+      lines = _lines(f.read())
   except OSError as e:
     raise InputError(f'cannot read: {e}', path=path) from e
   blocks = []  # [header fields, C- lines by evaluator, A- ratings by evaluator, corrupt error or None]
@@ -258,8 +264,8 @@ def _read_transcripts(path: str, lenient: bool, skipped: SkipCounter) -> dict[st
   if not os.path.isfile(path):
     return {}
   transcripts = {}
-  with open(path, encoding=ENCODING) as f:
-    for line_number, raw in enumerate(f.read().splitlines(), 1):
+  with open(path, encoding=ENCODING, newline='') as f:
+    for line_number, raw in enumerate(_lines(f.read()), 1):
       if not raw.strip():
         continue
       match = _TRANSCRIPT.match(raw.strip())
