@@ -435,6 +435,22 @@ def test_msp_bad_byte_is_reported_at_its_own_line(tmp_path, file, line):
     assert lenient.skipped.total == 1 and lenient.votes.num_rows == intact.votes.num_rows - 1
 
 
+def test_msp_unreleased_labels(tmp_path):
+  """A file whose consensus and ratings are not released (a hidden test set) is read, then dropped."""
+  root = write_msp_podcast(tmp_path / 'msp', audio=False).root
+  path = root / 'Labels' / CONSENSUS
+  text = path.read_text(encoding='utf-8')
+  row = next(line for line in text.split('\n') if line.startswith(UNRATED_FILE))
+  fields = row.split(',')
+  path.write_text(text.replace(row, ','.join(fields[:1] + [''] * 4 + fields[5:])), encoding='utf-8')
+  raw = msp_podcast.load(root, protocol='none')
+  rows = {r['utt_id']: r for r in raw.utterances.to_pylist()}
+  assert rows[UNRATED_FILE]['consensus'] is None and math.isnan(rows[UNRATED_FILE]['arousal'])
+  corpus = msp_podcast.load(root)
+  assert UNRATED_FILE not in tables.column(corpus.utterances, 'utt_id')
+  _check(corpus, _msp_expected(root), 'msp_podcast')
+
+
 def test_msp_unknown_split_name(tmp_path):
   root = write_msp_podcast(tmp_path / 'msp', audio=False).root
   path = root / 'Labels' / CONSENSUS

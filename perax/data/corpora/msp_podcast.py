@@ -23,7 +23,9 @@ What becomes of it:
   Validation or Test<n> is an error. fold null; transcript and audio_path where the file exists
   (else null), duration from the audio header (else NaN). Extra columns: ``consensus`` (EmoClass as
   a canonical label; X, no agreement, is 'invalid'), ``gender``, and the consensus attributes
-  ``arousal``, ``valence``, ``dominance``.
+  ``arousal``, ``valence``, ``dominance``. An empty EmoClass (labels not released, as for a hidden
+  test set) leaves ``consensus`` null; such a file usually has no rating either, and the protocol
+  then drops it ('no human vote inside the label set').
 - votes: one row per rating; rater the worker id; label from the primary emotion (a letter code or a
   word); text the primary as written; arousal/valence/dominance from the rating; extra column
   ``secondary`` (the secondary list as written, null when empty). The protocol's list is the eight
@@ -233,7 +235,7 @@ def _read_consensus(path: str, lenient: bool, skipped: SkipCounter) -> list[dict
       if row['FileName'] in seen:
         raise InputError(f'FileName {row["FileName"]!r} repeats', path=path, line=line)
       try:
-        consensus = labels_lib.from_code(NAME, row['EmoClass'])
+        consensus = labels_lib.from_code(NAME, row['EmoClass']) if row['EmoClass'] else None
       except InputError as e:
         raise InputError(e.reason, path=path, line=line) from e
       utterance = {
