@@ -204,6 +204,17 @@ def test_iemocap_protocol_errors_and_sessions(iemocap_root):
   }
 
 
+def test_a_protocol_that_keeps_nothing_says_why(iemocap_root, tmp_path):
+  root = pathlib.Path(shutil.copytree(iemocap_root / 'Session2', tmp_path / 'rel' / 'Session2')).parent
+  for path in root.glob('Session2/dialog/EmoEvaluation/*.txt'):
+    text = path.read_text(encoding='latin-1')
+    path.write_text(re.sub(r'\t(neu|hap|exc|sad|ang)\t', '\tfru\t', text), encoding='latin-1')
+  with pytest.raises(
+    InputError, match=r"protocol '4class' kept none of 12 utterances \(consensus fru outside"
+  ):
+    iemocap.load(root)
+
+
 def _dialog_file(root):
   return root / 'Session1' / 'dialog' / 'EmoEvaluation' / 'Ses01F_impro01.txt'
 

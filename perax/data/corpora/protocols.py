@@ -154,6 +154,9 @@ def apply(
 
   Returns:
     (kept utterances with n_in_set and n_outside, their votes with original_label, the report).
+
+  Raises:
+    InputError: the protocol keeps no utterance (the reasons are counted in the message).
   """
   if outside_votes not in OUTSIDE_VOTES:
     raise InputError(f'outside_votes must be one of {OUTSIDE_VOTES}, got {outside_votes!r}')
@@ -187,6 +190,9 @@ def apply(
   utterances = utterances.append_column('n_in_set', pa.array(n_in_set, pa.float64()))
   utterances = utterances.append_column('n_outside', pa.array(n_outside, pa.float64()))
   utterances = utterances.filter(pa.array(keep))
+  if not keep.any():
+    reasons_text = '; '.join(f'{k}: {v}' for k, v in collections.Counter(reasons).most_common())
+    raise InputError(f'{corpus} protocol {protocol!r} kept none of {n} utterances ({reasons_text})')
   outside_kept = ~inside & keep[vote_rows]
   report = ProtocolReport(
     corpus=corpus,
