@@ -100,7 +100,7 @@ def iemocap_dir(tmp_path_factory):
 
 
 def test_iemocap_utterances(iemocap_dir):
-  corpus = iemocap.load(iemocap_dir)
+  corpus = iemocap.load(iemocap_dir, protocol='none')
   assert corpus.name == 'iemocap' and corpus.skipped.total == 0
   sentence = str(iemocap_dir / 'Session1/sentences/wav/Ses01F_impro01/Ses01F_impro01_F000.wav')
   dialog = str(iemocap_dir / 'Session1/dialog/wav/Ses01F_impro01.wav')
@@ -242,13 +242,13 @@ IEMOCAP_VOTES = [
 
 
 def test_iemocap_votes(iemocap_dir):
-  corpus = iemocap.load(iemocap_dir)
+  corpus = iemocap.load(iemocap_dir, protocol='none')
   assert _rows(corpus.votes) == IEMOCAP_VOTES
   assert corpus.votes.schema.names[: len(tables.VOTE_SCHEMA)] == tables.VOTE_SCHEMA.names
 
 
 def test_iemocap_self_evaluations_and_sessions(iemocap_dir):
-  corpus = iemocap.load(iemocap_dir, self_evaluations=True, test_session=1, dev_session=2)
+  corpus = iemocap.load(iemocap_dir, protocol='none', self_evaluations=True, test_session=1, dev_session=2)
   added = [v for v in _rows(corpus.votes) if v not in IEMOCAP_VOTES]
   assert added == [
     _vote(
@@ -266,7 +266,7 @@ def test_iemocap_self_evaluations_and_sessions(iemocap_dir):
   ]
   assert tables.column(corpus.utterances, 'split').tolist() == ['test'] * 3 + ['dev'] + ['train'] * 2
   with pytest.raises(InputError, match='both 4'):
-    iemocap.load(iemocap_dir, test_session=4, dev_session=4)
+    iemocap.load(iemocap_dir, protocol='none', test_session=4, dev_session=4)
 
 
 @pytest.mark.parametrize(
@@ -286,9 +286,9 @@ def test_iemocap_errors_name_file_and_line(tmp_path_factory, old, new, line, rea
   path = root / 'Session1/dialog/EmoEvaluation/Ses01F_impro01.txt'
   _edit(path, old, new)
   with pytest.raises(InputError, match=re.escape(reason)) as error:
-    iemocap.load(root)
+    iemocap.load(root, protocol='none')
   assert (error.value.path, error.value.line) == (str(path), line)
-  lenient = iemocap.load(root, lenient=True)
+  lenient = iemocap.load(root, protocol='none', lenient=True)
   assert lenient.skipped.total == 1 and reason.split('"')[0] in next(iter(lenient.skipped.counts))
   if 'val v' in reason:  # only the A- line is lost: the vote stays, without its ratings
     assert lenient.utterances.num_rows == 6 and lenient.votes.num_rows == len(IEMOCAP_VOTES)
@@ -304,9 +304,9 @@ def test_iemocap_repeated_turn_and_no_sessions(tmp_path_factory):
       '\n[7.0000 - 8.0000]\tSes05M_script01_1_F000\tneu\t[2.0000, 2.0000, 2.0000]\nC-E1:\tNeutral;\t()\n'
     )
   with pytest.raises(InputError, match='turn id repeats') as error:
-    iemocap.load(root)
+    iemocap.load(root, protocol='none')
   assert (error.value.path, error.value.item) == (str(path), 'Ses05M_script01_1_F000')
-  lenient = iemocap.load(root, lenient=True)
+  lenient = iemocap.load(root, protocol='none', lenient=True)
   assert lenient.skipped.total == 1 and _rows(lenient.votes) == IEMOCAP_VOTES
   with pytest.raises(InputError, match='no utterances'):
     iemocap.load(root / 'Session1')
@@ -324,7 +324,7 @@ def msp_dir(tmp_path_factory):
 
 
 def test_msp_podcast_v1_11(msp_dir):
-  corpus = msp_podcast.load(msp_dir)
+  corpus = msp_podcast.load(msp_dir, protocol='none')
   assert corpus.skipped.total == 0
   assert _rows(corpus.utterances) == [
     {
@@ -332,6 +332,7 @@ def test_msp_podcast_v1_11(msp_dir):
       'transcript': 'I am fine, thanks.',
       'speaker': '30',
       'split': 'test1',
+      'split_set': 'Test1',
       'corpus': 'msp_podcast',
       'arousal': 2.2,
       'consensus': 'neutral',
@@ -343,6 +344,7 @@ def test_msp_podcast_v1_11(msp_dir):
       'utt_id': 'MSP-PODCAST_0001_0019.wav',
       'speaker': '30',
       'split': 'dev',
+      'split_set': 'Development',
       'corpus': 'msp_podcast',
       'arousal': 4.0,
       'consensus': 'invalid',
@@ -355,8 +357,9 @@ def test_msp_podcast_v1_11(msp_dir):
       'audio_path': str(msp_dir / 'Audios/MSP-PODCAST_0002_0033.wav'),
       'duration_s': 1.25,
       'transcript': 'Stop doing that!',
-      'speaker': 'Unknown',
+      'speaker': 'Unknown/MSP-PODCAST_0002_0033',
       'split': 'train',
+      'split_set': 'Train',
       'corpus': 'msp_podcast',
       'arousal': 5.4,
       'consensus': 'angry',
@@ -368,6 +371,7 @@ def test_msp_podcast_v1_11(msp_dir):
       'utt_id': 'MSP-PODCAST_0003_0010.wav',
       'speaker': '112',
       'split': 'test2',
+      'split_set': 'Test2',
       'corpus': 'msp_podcast',
       'arousal': 4.6,
       'consensus': 'happy',
@@ -445,7 +449,7 @@ def test_msp_podcast_v1_11(msp_dir):
 
 
 def test_msp_podcast_v1_6_concensus_spelling():
-  corpus = msp_podcast.load(FIXTURES / 'msp_podcast_v1.6')
+  corpus = msp_podcast.load(FIXTURES / 'msp_podcast_v1.6', protocol='none')
   assert tables.column(corpus.utterances, 'split').tolist() == ['test1', 'train']
   assert _rows(corpus.votes) == [
     _vote(
@@ -524,9 +528,9 @@ def test_msp_podcast_errors_name_file_and_line(
   path = root / 'Labels' / file
   _edit(path, old, new)
   with pytest.raises(InputError, match=re.escape(reason)) as error:
-    msp_podcast.load(root)
+    msp_podcast.load(root, protocol='none')
   assert (error.value.path, error.value.line) == (str(path), line)
-  lenient = msp_podcast.load(root, lenient=True)
+  lenient = msp_podcast.load(root, protocol='none', lenient=True)
   assert (lenient.skipped.total, lenient.votes.num_rows) == (skipped, votes)
 
 

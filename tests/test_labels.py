@@ -232,6 +232,18 @@ def test_registered_label_sets():
       'other',
     ),
     'msp_podcast': ('neutral', 'happy', 'sad', 'angry', 'contempt', 'surprise', 'disgust', 'fear'),
+    'iemocap4_other': ('neutral', 'happy', 'sad', 'angry', 'other'),
+    'msp_podcast_other': (
+      'neutral',
+      'happy',
+      'sad',
+      'angry',
+      'contempt',
+      'surprise',
+      'disgust',
+      'fear',
+      'other',
+    ),
     'crema_d': ('angry', 'disgust', 'fear', 'happy', 'neutral', 'sad'),
     'emodb': ('angry', 'boredom', 'disgust', 'fear', 'happy', 'sad', 'neutral'),
   }
@@ -239,6 +251,7 @@ def test_registered_label_sets():
     label_set = labels.get_label_set(name)
     assert label_set.name == name and label_set.labels == ordered and len(label_set) == len(ordered)
   assert dict(labels.get_label_set('iemocap4').merges) == {'excited': 'happy'}
+  assert dict(labels.get_label_set('iemocap4_other').merges) == {'excited': 'happy'}
   assert labels.get_label_set('demo') == labels.get_label_set('iemocap4')
   assert not labels.get_label_set('msp_podcast').merges
   assert len({labels.get_label_set(n) for n in expected}) == len(expected)  # hashable

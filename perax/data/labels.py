@@ -340,11 +340,17 @@ _LABEL_SETS = {
   label_set.name: label_set
   for label_set in (
     LabelSet('iemocap4', ('neutral', 'happy', 'sad', 'angry'), {'excited': 'happy'}),
+    # The 4-class protocol with its out-of-set votes kept as an explicit class (--outside_votes=other).
+    LabelSet('iemocap4_other', ('neutral', 'happy', 'sad', 'angry', 'other'), {'excited': 'happy'}),
     LabelSet(
       'iemocap',
       ('neutral', 'happy', 'excited', 'sad', 'angry', 'frustrated', 'surprise', 'fear', 'disgust', 'other'),
     ),
     LabelSet('msp_podcast', ('neutral', 'happy', 'sad', 'angry', 'contempt', 'surprise', 'disgust', 'fear')),
+    LabelSet(
+      'msp_podcast_other',
+      ('neutral', 'happy', 'sad', 'angry', 'contempt', 'surprise', 'disgust', 'fear', 'other'),
+    ),
     LabelSet('crema_d', ('angry', 'disgust', 'fear', 'happy', 'neutral', 'sad')),
     LabelSet('emodb', ('angry', 'boredom', 'disgust', 'fear', 'happy', 'sad', 'neutral')),
   )

@@ -5,9 +5,11 @@
 
 Each loader is a module ``perax.data.corpora.<name>`` with ``load(path, *, lenient=False, **options) ->
 Corpus``; modules are imported on first use. prepare writes ``utterances.parquet`` and
-``votes.parquet`` (and ``reference_votes.parquet`` when the corpus has a reference pool) into the
-output directory and reports what it loaded: utterances per split, votes per label, how many votes
-a label set covers, and everything skipped.
+``votes.parquet`` (and ``reference_votes.parquet`` when the corpus has a reference pool, and
+``protocol.json`` when it has a protocol) into the output directory and reports what it loaded:
+utterances per split, votes per label, what the corpus protocol kept and dropped and why, how many
+votes a label set covers, and everything skipped. prepare hands its ``label_set`` to loaders that take
+one (IEMOCAP, MSP-Podcast), which refuse a set that disagrees with their protocol.
 """
 
 from __future__ import annotations
@@ -21,22 +23,52 @@ from typing import Optional
 
 import numpy as np
 
+from perax.core import jsonio
 from perax.core.errors import InputError
 from perax.data import labels as labels_lib
 from perax.data import tables
+from perax.data.corpora import protocols
 from perax.data.corpora.base import Corpus
+from perax.data.corpora.protocols import default_test_split, test_splits  # re-exported
 
 CORPORA = ('iemocap', 'msp_podcast', 'crema_d', 'emodb', 'manifest', 'demo')
 DEMO_DIRNAME = 'demo_corpus'
 UTTERANCES_FILE = 'utterances.parquet'
 VOTES_FILE = 'votes.parquet'
 REFERENCE_VOTES_FILE = 'reference_votes.parquet'
+PROTOCOL_FILE = 'protocol.json'
 
 
 def _module(name: str):
   if name not in CORPORA:
     raise InputError(f'unknown corpus {name!r}; known: {", ".join(CORPORA)}')
   return importlib.import_module(f'perax.data.corpora.{name}')
+
+
+_NATURAL_LABEL_SETS = {
+  ('iemocap', '4class'): 'iemocap4',
+  ('iemocap', 'any_in_set'): 'iemocap4',
+  ('iemocap', 'full'): 'iemocap',
+  ('msp_podcast', '8class'): 'msp_podcast',
+  ('crema_d', None): 'crema_d',
+  ('emodb', None): 'emodb',
+  ('demo', None): 'iemocap4',
+}
+DEFAULT_PROTOCOLS = {'iemocap': '4class', 'msp_podcast': '8class'}
+
+
+def natural_label_set(name: str, protocol: str | None = None, outside_votes: str = 'drop') -> str | None:
+  """The label set a corpus's targets are over under its protocol (None: the user must choose one).
+
+  IEMOCAP: iemocap4 for '4class' and 'any_in_set', iemocap for 'full'; MSP-Podcast: msp_podcast; with
+  ``outside_votes='other'`` the set gains 'other' (iemocap4_other, msp_podcast_other). CREMA-D and
+  EmoDB: their own sets; demo: iemocap4; manifest and protocol 'none': None.
+  """
+  protocol = protocol or DEFAULT_PROTOCOLS.get(name)
+  found = _NATURAL_LABEL_SETS.get((name, protocol))
+  if found and outside_votes == 'other' and name in DEFAULT_PROTOCOLS:
+    return protocols.with_other(labels_lib.get_label_set(found)).name
+  return found
 
 
 def load_corpus(name: str, path: os.PathLike | str, **options) -> Corpus:
@@ -61,6 +93,10 @@ def summary(corpus: Corpus, label_set: labels_lib.LabelSet | None = None) -> lis
     f'{len(set(tables.column(votes, "utt_id")))} utterances',
     f'votes per label: {_counts(tables.column(votes, "label").tolist())}',
   ]
+  if corpus.protocol is not None:
+    lines.extend(corpus.protocol.lines())
+  if label_set is None and corpus.protocol is not None and corpus.protocol.label_set:
+    label_set = labels_lib.get_label_set(corpus.protocol.label_set)
   if label_set is not None:
     index = label_set.index(votes.column('label'))
     invalid = int(np.sum(tables.column(votes, 'label') == labels_lib.INVALID))
@@ -89,6 +125,8 @@ def write_corpus(corpus: Corpus, out_dir: os.PathLike | str) -> dict[str, str]:
     paths['reference_votes'] = tables.write_table(
       corpus.reference_votes, os.path.join(out_dir, REFERENCE_VOTES_FILE)
     )
+  if corpus.protocol is not None:
+    paths['protocol'] = jsonio.write_json(os.path.join(out_dir, PROTOCOL_FILE), corpus.protocol.to_json())
   return paths
 
 
@@ -114,10 +152,13 @@ def prepare(
     lenient: skip and count malformed input instead of raising.
     seed: seeds the demo corpus's generation and the speaker splits of corpora that draw them.
     echo: receives the summary, one line per call.
-    **options: the loader's own options (modality=..., self_evaluations=..., votes=...).
+    **options: the loader's own options (modality=..., self_evaluations=..., votes=...; IEMOCAP and
+      MSP-Podcast: protocol=..., outside_votes=..., and their own: see their load()).
 
   Returns:
-    {'utterances': path, 'votes': path[, 'reference_votes': path]}.
+    {'utterances': path, 'votes': path[, 'reference_votes': path][, 'protocol': path]}; protocol.json
+    (IEMOCAP, MSP-Podcast) records what the corpus protocol kept and dropped, the label set the run
+    must use, and the corpus's test splits (perax.data.corpora.protocols.ProtocolReport).
   """
   module = _module(corpus)
   if corpus_path is None:
@@ -127,8 +168,11 @@ def prepare(
   if corpus == 'demo' and (not os.path.isdir(corpus_path) or not os.listdir(corpus_path)):
     echo(f'generating the demo corpus in {corpus_path} (seed {seed})')
     module.generate(corpus_path, seed=seed)
-  if 'seed' in inspect.signature(module.load).parameters:
+  accepted = inspect.signature(module.load).parameters
+  if 'seed' in accepted:
     options['seed'] = seed
+  if 'label_set' in accepted:
+    options['label_set'] = label_set
   loaded = module.load(corpus_path, lenient=lenient, **options)
   chosen = labels_lib.get_label_set(label_set) if label_set else None
   for line in summary(loaded, chosen):

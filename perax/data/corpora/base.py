@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pyarrow as pa
 
@@ -20,6 +21,8 @@ class Corpus:
     skipped: what a lenient load skipped, by reason (empty when strict).
     reference_votes: a dense reference kept apart from ``votes`` for analysis (the demo's 30-vote
       reference, or another rater pool), or None.
+    protocol: what a corpus protocol kept and dropped (perax.data.corpora.protocols.ProtocolReport),
+      or None for loaders without protocols.
   """
 
   name: str
@@ -27,3 +30,4 @@ class Corpus:
   votes: pa.Table
   skipped: SkipCounter = dataclasses.field(default_factory=SkipCounter)
   reference_votes: pa.Table | None = None
+  protocol: Any = None
