@@ -229,7 +229,9 @@ def sparse_study(dense_corpus):
     resamples=50,
     confidence=0.95,
     seed=0,
-    levels_from=None,
+    level_definition=distributions.fit_levels(
+      distributions.normalized_entropy(distributions.to_distribution(evidence.n_h))
+    ),
   )
 
 
@@ -334,7 +336,17 @@ def test_launcher_writes_tables_plots_and_report(dense_corpus, tmp_path):
   ):
     assert (out / f'{name}.png').read_bytes().startswith(b'\x89PNG')
   summary = json.loads((out / 'summary.json').read_text())
-  assert summary['edges_from'] == 'tertiles of split train (200 utterances)'
+  assert summary['levels'] == {
+    'edges': summary['edges'],
+    'source': 'tertiles',
+    'split': 'train',
+    'fitted_on': 200,
+  }
+  assert 'split train (200 utterances)' in summary['edges_from']
+  assert summary['kappa_fit'] == {
+    'votes': 'the human votes of the analysed utterances of split train',
+    'n_utterances': 200,
+  }
   assert summary['sparse_dense']['reference'] == 'separate'
   html = (out / 'report.html').read_text()
   assert html.count('<img src="data:image/png;base64,') == 6
@@ -382,6 +394,7 @@ def test_crema_d_subsample_runs_fast_and_writes_alignment_csv(crema_d_dir, tmp_p
       'ci_low',
       'ci_high',
       'n',
+      'draws',
     ]
   by_key = {(r['condition'], r['level'], r['metric']): r for r in rows}
   overall = by_key[('proxy', 'all', 'js_divergence')]

@@ -90,7 +90,7 @@ def test_markdown_links_plots_relatively_and_formats_cells(written):
   assert '![Entropy histogram](histogram.png)' in text
   assert '- **utterances**: 300' in text
   assert '| level | js |' in text and '| low | 0.1235 |' in text
-  assert '| 1 |  |' in text  # NaN is an empty cell
+  assert '| 1 | n/a |' in text  # NaN is an empty statistic: n/a
   assert os.path.exists(out / 'histogram.png')
 
 
