@@ -17,7 +17,7 @@ import scipy.spatial.distance
 import scipy.stats
 
 from perax import analysis, distributions
-from perax.analysis import sparse_dense
+from perax.analysis import report, sparse_dense
 from perax.core.errors import InputError
 from perax.data import labels as labels_lib
 from perax.data import tables
@@ -475,6 +475,18 @@ def test_analysis_applies_a_given_level_definition_and_says_what_it_shows(dense_
   assert f'({summary["kappa_fit"]["n_utterances"]} utterances)' in kappa and kappa in markdown
   assert set(outputs.captions) == set(outputs.plots) and all('_' not in c for c in outputs.captions.values())
   assert not list(tmp_path.glob('*.tmp-*'))
+  # The brief section another report (the end-to-end run's) shows says the same.
+  brief = analysis.overview_section(
+    outputs.summary,
+    {name: paths['json'] for name, paths in outputs.tables.items()},
+    outputs.plots,
+    outputs.report.html,
+  )
+  text = report.render_markdown('Run', [brief], str(tmp_path))
+  assert 'dense reference' not in text.replace('no separate dense reference', '')
+  assert all('against ' in t.caption for t in brief.tables) and len(brief.tables) == 3
+  assert kappa in text and definition.describe() in text
+  assert [f.caption for f in brief.figures] == [outputs.captions[name] for name in outputs.plots]
 
 
 def test_bad_scores_name_the_file(dense_corpus, tmp_path):

@@ -40,7 +40,7 @@ from perax.analysis.evidence import (
 )
 from perax.analysis.job import Outputs, Settings, analyze
 from perax.analysis.paired_tests import WILCOXON_COLUMNS, WILCOXON_METRICS, wilcoxon, wilcoxon_rows
-from perax.analysis.sections import METRIC_WORDS, figure_caption, report_sections
+from perax.analysis.sections import METRIC_WORDS, figure_caption, overview_section, report_sections
 from perax.analysis.sparse_dense_study import (
   LEVEL_BY,
   LEVEL_BY_ALL_VOTES,

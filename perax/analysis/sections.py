@@ -187,3 +187,57 @@ def report_sections(
   ]
   sections.append(report_lib.Section('Files', tables=(report_lib.Table('Tables written', files),)))
   return sections
+
+
+def overview_section(
+  summary_path: str,
+  table_json: Mapping[str, str],
+  plot_paths: Mapping[str, str],
+  report_path: str,
+  metrics_shown: tuple[str, ...] = ('js_divergence', 'bhattacharyya'),
+) -> report_lib.Section:
+  """The analysis in brief for another report (the end-to-end run's), from the files it wrote.
+
+  Captions come from summary.json: each table names its reference (the dense human reference only
+  where the corpus has one), figures are captioned in words, and kappa is shown with what it was
+  fitted on.
+
+  Args:
+    summary_path: the analysis's summary.json.
+    table_json: table name -> its JSON rows ('alignment', 'sparse_dense', ...).
+    plot_paths: figure name -> PNG path.
+    report_path: the full analysis report, named in the text.
+    metrics_shown: the alignment metrics to show.
+  """
+  summary = jsonio.read_json(summary_path)
+  reference_words = summary['reference_words']
+  shown = [
+    report_lib.Table(
+      f'{METRIC_WORDS[metric]} by condition and level, against {reference_words}',
+      pivot(_read_rows(table_json['alignment']), ('condition',), 'level', metric),
+    )
+    for metric in metrics_shown
+  ]
+  study = summary.get('sparse_dense')
+  study_rows = _read_rows(table_json['sparse_dense']) if 'sparse_dense' in table_json else []
+  if study and study_rows:
+    shown.append(
+      report_lib.Table(
+        f'JS divergence of k sparse human votes (with and without the proxy) by k, against '
+        f'{study["reference_words"]}; {study["level_words"]}',
+        pivot(study_rows, ('condition', 'level'), 'k', 'js_divergence'),
+      )
+    )
+  return report_lib.Section(
+    'How well sparse votes, proxies and their combination recover the reference',
+    paragraphs=(
+      'Cells: value [bootstrap interval] (n/a: no utterance). Lower JS is better, higher BC is better. '
+      f'Ambiguity levels: {summary["levels_words"]}. {summary["kappa_words"]}. '
+      f'The full analysis report: {report_path}.',
+    ),
+    tables=tuple(shown),
+    figures=tuple(
+      report_lib.Figure(summary.get('figure_captions', {}).get(name) or figure_caption(name, summary), path)
+      for name, path in plot_paths.items()
+    ),
+  )
