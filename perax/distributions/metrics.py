@@ -113,8 +113,8 @@ def r2(ref: np.ndarray, pred: np.ndarray) -> float:
 def pearson(x: np.ndarray, y: np.ndarray) -> float:
   """Pearson correlation of two [N] arrays; NaN where either is constant or N < 2."""
   x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-  if x.size < 2:
-    return float('nan')
+  if x.size < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+    return float('nan')  # constant (tested exactly: x - mean(x) of equal values may not be 0)
   dx, dy = x - x.mean(), y - y.mean()
   norm = np.sqrt((dx * dx).sum() * (dy * dy).sum())
   return float(np.clip((dx * dy).sum() / norm, -1.0, 1.0)) if norm > 0 else float('nan')
