@@ -10,6 +10,11 @@
 
 Writes alignment, sparse_dense, wilcoxon and levels tables (.csv, .md, .json), PNG plots, summary.json
 and report.html / report.md into --out_dir (perax.analysis.analyze).
+
+One ambiguity level definition per run: --level_definition=runs/demo/distributions applies the one
+the distributions stage recorded (else tertiles of the --levels_from split are fitted here, once).
+Sparse-vs-dense levels come by default from the dense reference each estimate is scored against
+(--sparse_level_by=all_votes: the older convention, the entropy of all votes).
 """
 
 import sys

@@ -2,6 +2,7 @@
 
 import base64
 import html.parser
+import json
 import os
 import pathlib
 import re
@@ -225,3 +226,22 @@ def test_tables_fit_a_1280_px_page_in_chromium(tmp_path):
   body = re.search(r'<body[^>]*>', result.stdout).group(0)
   assert 'data-page-overflow="false"' in body  # the page never scrolls sideways
   assert 'data-tables-scrolling="1"' in body  # only the absurd table needs its own scroll bar
+
+
+def test_write_rows_is_atomic_and_strict(tmp_path):
+  from perax.analysis import writers
+
+  rows = [
+    {'level': 'low', 'value': float('nan'), 'n': np.int64(0)},
+    {'level': 'all', 'value': -1e-17, 'n': 3},
+  ]
+  paths = writers.write_rows(rows, ('level', 'value', 'n'), str(tmp_path), 'levels', 'Levels, in words')
+  assert json.loads(pathlib.Path(paths['json']).read_text(), parse_constant=pytest.fail) == [
+    {'level': 'low', 'value': None, 'n': 0},
+    {'level': 'all', 'value': -1e-17, 'n': 3},
+  ]
+  assert pathlib.Path(paths['csv']).read_text().splitlines() == ['level,value,n', 'low,,0', 'all,-1e-17,3']
+  markdown = pathlib.Path(paths['md']).read_text()
+  assert markdown.startswith('**Levels, in words**') and '| low | n/a | 0 |' in markdown
+  assert '| all | 0 | 3 |' in markdown
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['levels.csv', 'levels.json', 'levels.md']
