@@ -10,13 +10,18 @@
 
 Writes alignment, sparse_dense, wilcoxon and levels tables (.csv, .md, .json), PNG plots, summary.json
 and report.html / report.md into --out_dir (perax.analysis.analyze).
+
+One ambiguity level definition per run: --level_definition=runs/demo/distributions applies the one
+the distributions stage recorded (else tertiles of the --levels_from split are fitted here, once).
+Sparse-vs-dense levels come by default from the dense reference each estimate is scored against
+(--sparse_level_by=all_votes: the older convention, the entropy of all votes).
 """
 
 import sys
 
 from absl import app, flags
 
-from perax import analysis
+from perax import analysis, distributions
 from perax.analysis import sparse_dense
 from perax.core import cli
 from perax.data import tables
@@ -50,8 +55,22 @@ _LABEL_SET = flags.DEFINE_string(
 _LEVELS_FROM = flags.DEFINE_string(
   'levels_from',
   'train',
-  "Split whose human-entropy tertiles set the ambiguity edges; 'all' for "
-  'every utterance (also used when no utterances table is given).',
+  'Split whose human votes fit kappa and (without --level_definition) whose human-entropy tertiles '
+  "set the ambiguity edges; 'all' for every utterance (also used when no utterances table is given).",
+)
+_LEVEL_DEFINITION = flags.DEFINE_string(
+  'level_definition',
+  None,
+  "The run's distributions.json (or its directory): apply its ambiguity level definition instead of "
+  'fitting tertiles here.',
+)
+_SPARSE_LEVEL_BY = flags.DEFINE_enum(
+  'sparse_level_by',
+  analysis.LEVEL_BY_REFERENCE,
+  list(analysis.LEVEL_BY),
+  'Sparse-vs-dense levels from the entropy of the dense reference each estimate is scored against '
+  "(reference, default: excludes the sparse draw), or of all of a clip's votes (all_votes, the older "
+  'convention).',
 )
 _SPARSE_K = flags.DEFINE_list(
   'sparse_k', ['1', '2', '3', '4', '5'], 'Human votes kept in the sparse-vs-dense study; empty to skip it.'
@@ -111,6 +130,10 @@ def main(argv):
   settings = analysis.Settings(
     label_set=_LABEL_SET.value,
     levels_from=_LEVELS_FROM.value,
+    levels=(
+      distributions.read_level_definition(_LEVEL_DEFINITION.value) if _LEVEL_DEFINITION.value else None
+    ),
+    sparse_level_by=_SPARSE_LEVEL_BY.value,
     sparse_k=tuple(int(k) for k in _SPARSE_K.value),
     repeats=_REPEATS.value,
     bootstrap=_BOOTSTRAP.value,

@@ -4,8 +4,8 @@
       --utterances=runs/demo/utterances.parquet --label_set=demo --out_dir=runs/demo
 
 Human and synthetic votes are told apart by the votes' ``source`` column. Writes
-<out_dir>/distributions.parquet and <out_dir>/distributions.json (edges, kappa, counts, skipped
-votes) and prints a summary. The work is perax.distributions.build_distributions.
+<out_dir>/distributions.parquet and <out_dir>/distributions.json (the level definition, kappa and
+what it was fitted on, counts, targets without human votes, skipped votes) and prints a summary. The work is perax.distributions.build_distributions.
 """
 
 from absl import app, flags
@@ -44,6 +44,12 @@ _LEVELS_FROM = flags.DEFINE_string(
   'levels_from', 'train', "Split whose human-entropy tertiles set the ambiguity edges, or 'all'."
 )
 _LEVEL_EDGES = flags.DEFINE_list('level_edges', None, "Fixed entropy edges 'e1,e2' instead of tertiles.")
+_LEVEL_DEFINITION = flags.DEFINE_string(
+  'level_definition',
+  None,
+  "Another run's distributions.json (or its directory): apply its ambiguity level definition as it "
+  'is instead of fitting one (excludes --level_edges).',
+)
 _TIES = flags.DEFINE_enum(
   'majority_ties',
   'random',
@@ -62,6 +68,8 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if _LEVEL_EDGES.value is not None and len(_LEVEL_EDGES.value) != 2:
     raise app.UsageError(f'--level_edges needs two numbers, got {_LEVEL_EDGES.value}')
+  if _LEVEL_EDGES.value is not None and _LEVEL_DEFINITION.value:
+    raise app.UsageError('give --level_edges or --level_definition, not both')
   scores = None
   if _SCORES.value:
     scores = tables.concat([tables.read_table(path) for path in _SCORES.value.split(',') if path])
@@ -77,6 +85,9 @@ def main(argv):
     utterances=tables.read_utterances(_UTTERANCES.value) if _UTTERANCES.value else None,
     levels_from_split=_LEVELS_FROM.value,
     fixed_edges=tuple(map(float, _LEVEL_EDGES.value)) if _LEVEL_EDGES.value else None,
+    level_definition=(
+      distributions.read_level_definition(_LEVEL_DEFINITION.value) if _LEVEL_DEFINITION.value else None
+    ),
     tie_policy=_TIES.value,
     seed=_SEED.value,
     keep_components=_COMPONENTS.value,

@@ -1,9 +1,11 @@
 """The statistical analysis: bootstrap, Wilcoxon, alignment, sparse-vs-dense, and a CREMA-D run."""
 
 import csv
+import html
 import itertools
 import json
 import pathlib
+import re
 import subprocess
 import sys
 import time
@@ -15,7 +17,7 @@ import scipy.spatial.distance
 import scipy.stats
 
 from perax import analysis, distributions
-from perax.analysis import sparse_dense
+from perax.analysis import report, sparse_dense
 from perax.core.errors import InputError
 from perax.data import labels as labels_lib
 from perax.data import tables
@@ -229,7 +231,9 @@ def sparse_study(dense_corpus):
     resamples=50,
     confidence=0.95,
     seed=0,
-    levels_from=None,
+    level_definition=distributions.fit_levels(
+      distributions.normalized_entropy(distributions.to_distribution(evidence.n_h))
+    ),
   )
 
 
@@ -264,6 +268,74 @@ def test_sparse_error_falls_with_k_and_the_true_proxy_helps_most_at_small_k(spar
     and t['condition'] == 'dirichlet'
   ]
   assert tests[0]['p_value'] < 1e-6 and tests[0]['median_difference'] < 0
+
+
+def _three_angry_one_sad(n: int) -> tuple[pa.Table, pa.Table]:
+  """n utterances with 4 human raters each: three vote angry, one votes sad; and flat proxy scores."""
+  ids = [f'utt{i:04d}' for i in range(n)]
+  votes = tables.votes_table(
+    {
+      'utt_id': np.repeat(ids, 4),
+      'rater': np.tile(['r0', 'r1', 'r2', 'r3'], n),
+      'source': ['human'] * (4 * n),
+      'label': np.tile(['angry', 'angry', 'angry', 'sad'], n),
+    }
+  )
+  return votes, _scores(np.full((n, C), 1.0 / C))
+
+
+def test_sparse_levels_default_to_the_reference_scored_against_not_all_votes():
+  """All votes give every clip one entropy (medium); the remainder a drawn clip is scored against is
+  pure angry (entropy 0, low) exactly when the sad rater was drawn, so the two conventions differ."""
+  votes, scores = _three_angry_one_sad(60)
+  evidence = analysis.gather_evidence(votes, scores, LABELS)
+  combination = analysis.Combination(kappa=1.0)
+  definition = distributions.LevelDefinition(edges=(0.2, 0.9))
+  all_votes_entropy = scipy.stats.entropy([0.75, 0.25], base=C)
+  assert 0.2 < all_votes_entropy <= 0.9  # medium under the older convention
+
+  def study(level_by):
+    return analysis.sparse_vs_dense(
+      evidence, votes, LABELS, combination, (1,), 3, 20, 0.95, 0, definition, level_by=level_by
+    )
+
+  default, older = study(analysis.LEVEL_BY_REFERENCE), study(analysis.LEVEL_BY_ALL_VOTES)
+  # Independent replay of the draws: the sad rater drawn <=> the remainder is pure angry.
+  units = sparse_dense.rater_votes(votes, LABELS, evidence.utt_ids)
+  sad = LABELS.labels.index('sad')
+  sad_drawn = np.stack([d.sparse[:, sad] > 0 for d in sparse_dense.draws(units, (1,), 3, 0)])
+  assert 0 < sad_drawn.sum() < sad_drawn.size
+
+  def row(result, level, condition='human', metric='js_divergence'):
+    [found] = [
+      r for r in result.rows if r['level'] == level and r['condition'] == condition and r['metric'] == metric
+    ]
+    return found
+
+  assert row(default, 'low')['draws'] == sad_drawn.sum()
+  assert row(default, 'low')['n'] == sad_drawn.any(0).sum()
+  assert row(default, 'medium')['draws'] == (~sad_drawn).sum()
+  # Sparse 'sad' against a pure-angry remainder: disjoint distributions, JS = 1 bit exactly.
+  assert row(default, 'low')['value'] == pytest.approx(1.0)
+  medium_js = scipy.spatial.distance.jensenshannon([0, 0, 0, 1], [0, 0, 1 / 3, 2 / 3], base=2) ** 2
+  assert row(default, 'medium')['value'] == pytest.approx(medium_js)
+  assert row(older, 'low')['n'] == 0 and np.isnan(row(older, 'low')['value'])
+  assert row(older, 'medium')['draws'] == sad_drawn.size
+  expected_older = (sad_drawn.sum() * 1.0 + (~sad_drawn).sum() * medium_js) / sad_drawn.size
+  assert row(older, 'medium')['value'] == pytest.approx(expected_older)
+  assert 'excludes the sparse draw' in default.level_words and '(default)' in default.level_words
+  assert 'older convention' in older.level_words
+
+
+def test_masked_bootstrap_equals_metrics_of_the_kept_items(planted):
+  ref, pred = planted
+  stacked_ref, stacked_pred = np.concatenate([ref, pred]), np.concatenate([pred, ref])
+  mask = np.random.default_rng(5).random(stacked_ref.shape[:2]) < 0.6
+  parts = analysis.ingredients(stacked_ref, stacked_pred, analysis.ALIGNMENT_METRICS, mask)
+  mine = analysis.weighted_metrics(parts, np.ones((1, ref.shape[1])), analysis.ALIGNMENT_METRICS)
+  expected = metrics.distribution_metrics(stacked_ref[mask], stacked_pred[mask])
+  for name in analysis.ALIGNMENT_METRICS:
+    np.testing.assert_allclose(mine[name][0], expected[name], rtol=1e-9, err_msg=name)
 
 
 def test_alignment_against_a_separate_reference(dense_corpus):
@@ -305,6 +377,13 @@ def test_launcher_writes_tables_plots_and_report(dense_corpus, tmp_path):
     paths['utterances'],
   )
   out = tmp_path / 'out'
+  # The run's level definition, as the distributions stage recorded it.
+  _, info = distributions.build_distributions(
+    tables.read_votes(paths['human']),
+    label_set=LABELS,
+    utterances=tables.read_utterances(paths['utterances']),
+  )
+  distributions.write_distributions(pa.table({'utt_id': ['x']}), info, str(tmp_path / 'dist'))
   result = subprocess.run(
     [
       sys.executable,
@@ -314,6 +393,8 @@ def test_launcher_writes_tables_plots_and_report(dense_corpus, tmp_path):
       '--sparse_k=1,2,3',
       '--repeats=2',
       '--bootstrap=50',
+      f'--level_definition={tmp_path / "dist"}',
+      '--sparse_level_by=all_votes',
       f'--out_dir={out}',
     ],
     capture_output=True,
@@ -334,10 +415,78 @@ def test_launcher_writes_tables_plots_and_report(dense_corpus, tmp_path):
   ):
     assert (out / f'{name}.png').read_bytes().startswith(b'\x89PNG')
   summary = json.loads((out / 'summary.json').read_text())
-  assert summary['edges_from'] == 'tertiles of split train (200 utterances)'
+  assert summary['levels'] == {
+    'edges': summary['edges'],
+    'source': 'tertiles',
+    'split': 'train',
+    'fitted_on': 200,
+  }
+  assert 'split train (200 utterances)' in summary['edges_from']
+  assert summary['levels_given'] and summary['levels'] == info['levels']
+  assert summary['sparse_dense']['level_by'] == 'all_votes'
+  assert 'older convention' in (out / 'sparse_dense.md').read_text()
+  assert summary['kappa_fit'] == {
+    'votes': 'the human votes of the analysed utterances of split train',
+    'n_utterances': 200,
+  }
   assert summary['sparse_dense']['reference'] == 'separate'
   html = (out / 'report.html').read_text()
   assert html.count('<img src="data:image/png;base64,') == 6
+
+
+def _strict_json(path):
+  def refuse(constant):
+    raise AssertionError(f'{path} holds {constant}')
+
+  return json.loads(pathlib.Path(path).read_text(encoding='utf-8'), parse_constant=refuse)
+
+
+def test_analysis_applies_a_given_level_definition_and_says_what_it_shows(dense_corpus, tmp_path):
+  truth, _, scores = dense_corpus
+  human = _votes(truth[:120], 4, np.random.default_rng(13), 'h')  # no separate dense reference
+  definition = distributions.LevelDefinition(
+    edges=(0.31, 0.62), source='tertiles', split='train', fitted_on=7
+  )
+  settings = analysis.Settings('iemocap4', levels=definition, sparse_k=(1, 2), repeats=1, bootstrap=20)
+  outputs = analysis.analyze(analysis.Inputs(human, scores), settings, str(tmp_path))
+  summary = _strict_json(outputs.summary)
+  assert summary['levels'] == definition.to_json() and summary['levels_given']
+  entropy = distributions.normalized_entropy(
+    distributions.to_distribution(distributions.vote_counts(human, LABELS)[1])
+  )
+  expected = definition.levels(entropy)
+  assert summary['level_counts'] == {level: int((expected == level).sum()) for level in distributions.LEVELS}
+  for name in ('alignment', 'sparse_dense', 'wilcoxon', 'levels'):
+    _strict_json(outputs.tables[name]['json'])
+  markdown = pathlib.Path(outputs.report.markdown).read_text(encoding='utf-8')
+  page = pathlib.Path(outputs.report.html).read_text(encoding='utf-8')
+  for text, levels_text in ((markdown, definition.describe()), (page, html.escape(definition.describe()))):
+    assert 'dense reference' not in text.replace('no separate dense reference', '')
+    assert '[, ]' not in text and not re.search(r'-?\d\.\d+e-1[0-9]', text)
+    assert levels_text in text
+  # Every table caption names its reference (the levels and files tables have none to name).
+  captions = re.findall(r'^\*\*(.+)\*\*$', markdown, flags=re.M)
+  scored = [c for c in captions if c not in ('Tables written',) and not c.startswith('Utterances per')]
+  assert scored and all('against ' in c for c in scored), scored
+  assert all('_' not in c for c in captions), captions
+  assert 'against the remaining human votes (the raters not drawn)' in markdown
+  kappa = summary['kappa_words']
+  assert kappa.startswith(f'kappa {summary["kappa"]:.4g}, fitted by empirical Bayes on the human votes of')
+  assert f'({summary["kappa_fit"]["n_utterances"]} utterances)' in kappa and kappa in markdown
+  assert set(outputs.captions) == set(outputs.plots) and all('_' not in c for c in outputs.captions.values())
+  assert not list(tmp_path.glob('*.tmp-*'))
+  # The brief section another report (the end-to-end run's) shows says the same.
+  brief = analysis.overview_section(
+    outputs.summary,
+    {name: paths['json'] for name, paths in outputs.tables.items()},
+    outputs.plots,
+    outputs.report.html,
+  )
+  text = report.render_markdown('Run', [brief], str(tmp_path))
+  assert 'dense reference' not in text.replace('no separate dense reference', '')
+  assert all('against ' in t.caption for t in brief.tables) and len(brief.tables) == 3
+  assert kappa in text and definition.describe() in text
+  assert [f.caption for f in brief.figures] == [outputs.captions[name] for name in outputs.plots]
 
 
 def test_bad_scores_name_the_file(dense_corpus, tmp_path):
@@ -382,6 +531,7 @@ def test_crema_d_subsample_runs_fast_and_writes_alignment_csv(crema_d_dir, tmp_p
       'ci_low',
       'ci_high',
       'n',
+      'draws',
     ]
   by_key = {(r['condition'], r['level'], r['metric']): r for r in rows}
   overall = by_key[('proxy', 'all', 'js_divergence')]

@@ -348,6 +348,7 @@ def test_build_distributions_human_only(small_corpus):
     'entropy_human',
     'ambiguity',
     'majority',
+    'has_human',
   ]
   assert table.num_rows == 29 and info['n_without_evidence'] == 1
   ids, n_h = dist.vote_counts(votes, DEMO, tables.column(table, 'utt_id'), source='human')
@@ -381,7 +382,9 @@ def test_build_distributions_dirichlet_components(small_corpus, tmp_path):
   np.testing.assert_allclose(p, (3 * p_h + 4.0 * p_s) / 7.0)
   np.testing.assert_allclose(tables.column(table, 'entropy'), dist.normalized_entropy(p))
   np.testing.assert_allclose(tables.column(table, 'entropy_human'), dist.normalized_entropy(p_h))
-  assert info['kappa'] == 4.0 and info['edges_from'].startswith('tertiles of all')
+  assert info['kappa'] == 4.0 and info['edges_from'].startswith(
+    'tertiles of the normalised human entropy of every utterance'
+  )
   fitted_table, fitted = dist.build_distributions(
     votes, label_set=DEMO, combine='dirichlet', utterances=utterances
   )
@@ -391,7 +394,16 @@ def test_build_distributions_dirichlet_components(small_corpus, tmp_path):
   with open(json_path, encoding='utf-8') as f:
     assert json.load(f)['kappa'] == fitted['kappa']
   summary = dist.format_summary(fitted)
-  assert 'kappa=' in summary and 'skipped votes: 1' in summary
+  assert 'skipped votes: 1' in summary
+  # The fitted kappa says what it was fitted on: every utterance with human and synthetic votes.
+  rows = votes.to_pylist()
+  both = {r['utt_id'] for r in rows if r['source'] == 'human' and r['label'] in DEMO.labels} & {
+    r['utt_id'] for r in rows if r['source'] == 'synthetic'
+  }
+  assert fitted['kappa_fit']['n_utterances'] == len(both) == 29
+  assert f'kappa {fitted["kappa"]:.4g}, fitted by empirical Bayes on the human votes' in summary
+  assert f'({len(both)} utterances)' in summary
+  assert info['kappa_fit'] is None and 'kappa 4 (given)' in dist.format_summary(info)
 
 
 def test_build_distributions_scores_and_fixed_edges(small_corpus):
@@ -416,7 +428,7 @@ def test_build_distributions_scores_and_fixed_edges(small_corpus):
     fixed_edges=(0.2, 0.6),
   )
   rows = {u: i for i, u in enumerate(tables.column(table, 'utt_id'))}
-  assert info['n_items'] == 30 and info['edges_from'] == 'fixed'
+  assert info['n_items'] == 30 and info['edges_from'].startswith('fixed edges')
   assert table.column('ambiguity')[rows['u29']].as_py() is None
   p_29 = [table.column(f'p_{c}')[rows['u29']].as_py() for c in DEMO.labels]
   np.testing.assert_allclose(p_29, [0.7, 0.1, 0.1, 0.1])
@@ -425,6 +437,72 @@ def test_build_distributions_scores_and_fixed_edges(small_corpus):
   np.testing.assert_allclose(p_01, (n_h[0] + 2.0 * np.array([0.1, 0.2, 0.3, 0.4])) / 5.0)
   assert info['skipped'][dist.SKIP_SYNTHETIC_WITH_SCORES] == 29 * 5
   assert info['n_without_human'] == 1
+
+
+def test_targets_without_human_votes_are_flagged_counted_and_left_out(small_corpus):
+  utterances, votes = small_corpus
+  extra = tables.utterances_table({'utt_id': ['v0', 'v1'], 'speaker': ['s9', 's9'], 'split': ['test'] * 2})
+  # v0: only a human vote outside the label set (and an invalid one); v1: no human vote at all.
+  added = tables.votes_table(
+    [
+      {'utt_id': 'v0', 'rater': 'h0', 'source': 'human', 'label': 'frustrated'},
+      {'utt_id': 'v0', 'rater': 'h1', 'source': 'human', 'label': 'invalid'},
+      {'utt_id': 'v0', 'rater': 'qwen|p0', 'source': 'synthetic', 'label': 'sad'},
+      {'utt_id': 'v1', 'rater': 'qwen|p0', 'source': 'synthetic', 'label': 'angry'},
+    ]
+  )
+  table, info = dist.build_distributions(
+    tables.concat([votes, added]),
+    label_set=DEMO,
+    combine='pooled',
+    utterances=tables.concat([utterances, extra]),
+  )
+  # Independent count: utterances whose human votes include none inside the label set.
+  in_set = {r['utt_id'] for r in votes.to_pylist() if r['source'] == 'human' and r['label'] in DEMO.labels}
+  ids = tables.column(table, 'utt_id')
+  np.testing.assert_array_equal(tables.column(table, 'has_human'), [u in in_set for u in ids])
+  np.testing.assert_array_equal(tables.column(table, 'n_human')[~tables.column(table, 'has_human')], 0.0)
+  assert info['n_without_human'] == 2 and info['n_without_evidence'] == 1  # v0, v1; u29 has no votes
+  assert info['without_human'] == {dist.NO_HUMAN_VOTE: 1, dist.NO_HUMAN_VOTE_IN_SET: 1}
+  assert 'targets without an in-set human vote' in dist.format_summary(info)
+  kept, left_out = dist.human_targets(table)
+  assert left_out == 2 and set(tables.column(kept, 'utt_id')) == in_set
+  assert dist.human_targets(table, proxy_only=True) == (table, 0)
+  old_layout, left_out = dist.human_targets(table.drop_columns(['has_human']))
+  assert left_out == 2 and old_layout.num_rows == kept.num_rows
+
+
+def test_level_definition_is_recorded_and_applied_by_a_later_run(small_corpus, tmp_path):
+  utterances, votes = small_corpus
+  table, info = dist.build_distributions(
+    votes, label_set=DEMO, utterances=utterances, levels_from_split='dev'
+  )
+  definition = dist.LevelDefinition.from_json(info['levels'])
+  dev = tables.column(utterances, 'split') == 'dev'
+  dev_entropy = tables.column(table, 'entropy_human')[dev[: table.num_rows]]
+  assert definition.edges == dist.tertile_edges(dev_entropy)
+  assert definition.split == 'dev' and definition.fitted_on == int(np.isfinite(dev_entropy).sum())
+  assert info['edges'] == list(definition.edges) and info['edges_from'] == definition.describe()
+  dist.write_distributions(table, info, str(tmp_path / 'first'))
+  assert dist.read_level_definition(tmp_path / 'first') == definition
+  # A later stage on other votes (the human ones only of the train split) applies the same edges.
+  train_votes = votes.filter(pa.array([int(u[1:]) % 5 < 3 for u in tables.column(votes, 'utt_id')]))
+  later, later_info = dist.build_distributions(
+    train_votes,
+    label_set=DEMO,
+    level_definition=dist.read_level_definition(tmp_path / 'first' / 'distributions.json'),
+  )
+  assert later_info['levels'] == info['levels']
+  np.testing.assert_array_equal(
+    tables.column(later, 'ambiguity'), definition.levels(tables.column(later, 'entropy_human'))
+  )
+  refit = dist.build_distributions(train_votes, label_set=DEMO)[1]
+  assert refit['edges'] != info['edges']  # refitting on these votes would give other edges
+  with pytest.raises(InputError, match='not both'):
+    dist.build_distributions(votes, label_set=DEMO, fixed_edges=(0.1, 0.2), level_definition=definition)
+  (tmp_path / 'bad.json').write_text('{"edges": [0.1, 0.2]}')
+  with pytest.raises(InputError, match='no ambiguity level definition'):
+    dist.read_level_definition(tmp_path / 'bad.json')
 
 
 # ----------------------------------------------------------------------------------------------
@@ -512,5 +590,22 @@ def test_launcher(small_corpus, tmp_path):
   )
   assert table.equals(expected)
   assert info['kappa'] == pytest.approx(expected_info['kappa'])
-  assert info['edges_from'].startswith('tertiles of split dev')
+  assert info['edges_from'].startswith('tertiles of the normalised human entropy of split dev')
   assert dist.format_summary(expected_info) in result.stdout
+  # A second run applies the first run's level definition instead of fitting its own.
+  again = subprocess.run(
+    [
+      sys.executable,
+      str(launcher),
+      f'--votes={votes_path}',
+      '--label_set=demo',
+      f'--level_definition={out_dir}',
+      f'--out_dir={tmp_path / "again"}',
+    ],
+    capture_output=True,
+    text=True,
+    check=False,
+  )
+  assert again.returncode == 0, again.stderr
+  assert dist.read_level_definition(tmp_path / 'again') == dist.read_level_definition(out_dir)
+  assert info['levels']['split'] == 'dev'

@@ -72,6 +72,18 @@ def test_spearman_with_ties_matches_scipy():
   assert math.isnan(metrics.pearson(np.ones(4), np.arange(4.0)))
 
 
+def test_correlation_of_a_constant_entropy_is_nan_not_rounding_noise():
+  # Seven equal entropies whose mean is not exactly that value (x - mean(x) = 5.6e-17, not 0).
+  x = np.full(7, scipy.stats.entropy([0.75, 0.25], base=4))
+  assert (x - x.mean()).any()
+  assert math.isnan(metrics.pearson(x, np.arange(7.0)))
+  assert math.isnan(metrics.pearson(np.arange(7.0), x))
+  # Seven 3-angry-1-sad reference rows on different labels: one entropy; pred rows vary.
+  ref = np.array([np.roll([0.75, 0.25, 0.0, 0.0], i) for i in range(7)])
+  pred = np.random.default_rng(0).dirichlet(np.ones(4), size=7)
+  assert math.isnan(metrics.distribution_metrics(ref, pred)['entropy_pearson'])
+
+
 def test_classification_by_hand():
   # Reference majority labels 0 0 1 1 2 (ties excluded), predictions 0 1 1 1 0:
   #   label 0: TP 1, FN 1, FP 1 -> recall 1/2, F1 2/4; label 1: TP 2, FP 1 -> recall 1, F1 4/5;

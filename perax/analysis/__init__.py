@@ -1,48 +1,53 @@
-"""Validating proxies against humans: bootstrap statistics, alignment and sparse-vs-dense studies, plots, reports."""
+"""Validating proxies against humans: bootstrap statistics, paired tests, the alignment and
+sparse-vs-dense studies, plots and reports.
 
-from perax.analysis.studies import (
-  ALIGNMENT_METRICS,
-  ALL,
+Modules: evidence (inputs and counted evidence), conditions (the estimates compared; kappa),
+bootstrap (percentile bootstrap over utterances), paired_tests (Wilcoxon), alignment,
+sparse_dense (drawing k raters) and sparse_dense_study, writers (CSV / Markdown / JSON tables),
+sections (the report's sections in words), job (:func:`analyze`), plots, report.
+Ambiguity levels come from :mod:`perax.distributions.levels` only.
+"""
+
+from perax.analysis.alignment import ALIGNMENT_METRICS, ROW_COLUMNS, Alignment, alignment
+from perax.analysis.bootstrap import (
   BOOTSTRAP_CHUNK,
+  PER_ITEM,
+  Ingredients,
+  bootstrap_metrics,
+  bootstrap_weights,
+  ingredients,
+  percentile_interval,
+  point_metrics,
+  score_condition,
+  weighted_metrics,
+)
+from perax.analysis.conditions import (
   COMBINED,
   CONDITION_NOTES,
   HUMAN,
-  LEVELS,
-  PER_ITEM,
   PROXY,
-  ROW_COLUMNS,
+  Combination,
+  fitted_combination,
+)
+from perax.analysis.evidence import (
+  Evidence,
+  Inputs,
+  crema_d_inputs,
+  gather_evidence,
+  is_votes_table,
+  proxy_votes,
+  subsample,
+)
+from perax.analysis.job import Outputs, Settings, analyze
+from perax.analysis.paired_tests import WILCOXON_COLUMNS, WILCOXON_METRICS, wilcoxon, wilcoxon_rows
+from perax.analysis.sections import METRIC_WORDS, figure_caption, overview_section, report_sections
+from perax.analysis.sparse_dense_study import (
+  LEVEL_BY,
+  LEVEL_BY_ALL_VOTES,
+  LEVEL_BY_REFERENCE,
   SPARSE_COLUMNS,
   SPARSE_METRICS,
-  WILCOXON_COLUMNS,
-  WILCOXON_METRICS,
-  Alignment,
-  Combination,
-  Evidence,
-  Ingredients,
-  Inputs,
-  Outputs,
-  Settings,
   SparseDense,
-  alignment,
-  analyze,
-  bootstrap_metrics,
-  bootstrap_weights,
-  crema_d_inputs,
-  fitted_combination,
-  gather_evidence,
-  ingredients,
-  is_votes_table,
-  level_edges,
-  percentile_interval,
-  pivot,
-  point_metrics,
-  proxy_votes,
-  report_sections,
-  score_condition,
   sparse_vs_dense,
-  subsample,
-  weighted_metrics,
-  wilcoxon,
-  wilcoxon_rows,
-  write_rows,
 )
+from perax.analysis.writers import interval_cell, pivot, write_rows

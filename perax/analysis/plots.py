@@ -14,8 +14,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-LEVELS = ('low', 'medium', 'high')
-LEVEL_COLORS = {'low': '#4c9f70', 'medium': '#e0a030', 'high': '#c8553d', 'all': '#5577aa'}
+from perax.distributions.levels import ALL, LEVELS
+
+LEVEL_COLORS = {'low': '#4c9f70', 'medium': '#e0a030', 'high': '#c8553d', ALL: '#5577aa'}
 
 Rows = Sequence[Mapping[str, object]]
 
@@ -106,7 +107,7 @@ def metric_bars(rows: Rows, metrics: Sequence[str], path: os.PathLike | str) -> 
     path: the PNG to write.
   """
   conditions = _ordered([r['condition'] for r in rows])
-  levels = _ordered([r['level'] for r in rows], LEVELS + ('all',))
+  levels = _ordered([r['level'] for r in rows], LEVELS + (ALL,))
   columns = min(3, len(metrics))
   figure = _figure(5 * columns, 3.6 * -(-len(metrics) // columns), bottom=1.0)
   width = 0.8 / len(levels)
@@ -211,7 +212,7 @@ def sparse_dense_curves(rows: Rows, metric: str, path: os.PathLike | str) -> str
     path: the PNG to write.
   """
   rows = [r for r in rows if r['metric'] == metric]
-  levels = _ordered([r['level'] for r in rows], LEVELS + ('all',))
+  levels = _ordered([r['level'] for r in rows], LEVELS + (ALL,))
   conditions = _ordered([r['condition'] for r in rows])
   figure = _figure(4.2 * max(len(levels), 1), 3.6)
   for panel, level in enumerate(levels):
@@ -248,7 +249,7 @@ def loss_curve(
   """
   figure = _figure(6.0, 3.2)
   axes = figure.add_subplot(1, 1, 1)
-  axes.plot(np.asarray(steps), np.asarray(losses, np.float64), color=LEVEL_COLORS['all'])
+  axes.plot(np.asarray(steps), np.asarray(losses, np.float64), color=LEVEL_COLORS[ALL])
   axes.set_xlabel('step')
   axes.set_ylabel('loss')
   axes.set_title(title)

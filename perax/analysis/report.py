@@ -6,8 +6,15 @@ passes its own sections (training and evaluation metrics) to the same :func:`wri
 
 The HTML has no external assets: styles are inline, images are ``data:image/png;base64,...`` URIs.
 A short inline script marks, once the page has loaded, how many images decoded
-(``<body data-images-total=... data-images-broken=...>``), so a headless browser can check that every
-plot renders.  The Markdown summary refers to the PNG files by their path relative to the report.
+(``<body data-images-total=... data-images-broken=...>``), whether the page is wider than the window
+(``data-page-overflow``) and how many tables need their own horizontal scroll bar
+(``data-tables-scrolling``), so a headless browser can check that every plot renders and that the
+tables fit a 1280 px page.
+
+Tables fit the page: a smaller font, headers that wrap, and, as a last resort, a horizontal scroll
+bar inside the table's own box (never hidden columns). Cells print missing or NaN statistics as
+'n/a' and values within 1e-12 of zero as 0. The Markdown summary refers to the PNG files by their
+path relative to the report.
 """
 
 from __future__ import annotations
@@ -26,22 +33,37 @@ from perax.core import atomic
 from perax.core.errors import InputError
 
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+NOT_AVAILABLE = 'n/a'
+ZERO_TOLERANCE = 1e-12
+
+# The reference a table's estimates are scored against; every table's caption names one.
+SPARSE_HUMAN = 'sparse human'
+DENSE_HUMAN = 'dense human'
+HUMAN_PROXY = 'human + proxy'
+REFERENCE_WORDS = {
+  SPARSE_HUMAN: 'the sparse human votes',
+  DENSE_HUMAN: 'the dense human reference',
+  HUMAN_PROXY: 'human + proxy targets (the targets contain proxy evidence)',
+}
 
 _STYLE = """
-body { font-family: sans-serif; margin: 2em auto; max-width: 70em; color: #222; }
+body { font-family: sans-serif; margin: 2em auto; max-width: 76em; padding: 0 1em; color: #222; }
 h1 { border-bottom: 2px solid #444; }
 h2 { border-bottom: 1px solid #aaa; margin-top: 2em; }
-table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: right; }
-th { background: #eee; }
+.table-box { max-width: 100%; overflow-x: auto; margin: 0.5em 0 1.5em; }
+table { border-collapse: collapse; font-size: 0.8em; }
+th, td { border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: right; }
+th { background: #eee; white-space: normal; overflow-wrap: anywhere; max-width: 10em; vertical-align: bottom; }
+td { white-space: nowrap; }
 td.text { text-align: left; }
 caption { caption-side: top; text-align: left; font-weight: bold; padding: 0.3em 0; }
 dl { display: grid; grid-template-columns: max-content auto; gap: 0.2em 1em; }
 dt { font-weight: bold; }
-dd { margin: 0; }
+dd { margin: 0; overflow-wrap: anywhere; }
 figure { margin: 1em 0; }
 figure img { max-width: 100%; }
 figcaption { font-style: italic; }
+p.warning { border-left: 4px solid #c8553d; padding-left: 0.6em; }
 """
 
 _IMAGE_CHECK = """
@@ -50,6 +72,11 @@ window.addEventListener('load', function () {
   var broken = images.filter(function (img) { return !(img.complete && img.naturalWidth > 0); });
   document.body.setAttribute('data-images-total', String(images.length));
   document.body.setAttribute('data-images-broken', String(broken.length));
+  var page = document.documentElement;
+  document.body.setAttribute('data-page-overflow', String(page.scrollWidth > page.clientWidth));
+  var boxes = Array.prototype.slice.call(document.querySelectorAll('.table-box'));
+  var scrolling = boxes.filter(function (box) { return box.scrollWidth > box.clientWidth; });
+  document.body.setAttribute('data-tables-scrolling', String(scrolling.length));
 });
 """
 
@@ -98,6 +125,7 @@ class Section:
 
   Attributes:
     title: the section heading.
+    warnings: sentences the reader must not miss (e.g. :func:`balance_note`), shown first.
     paragraphs: plain-text paragraphs (escaped in HTML, written as they are in Markdown).
     facts: key -> value pairs such as the command, the data and the number of items.
     tables: the section's tables.
@@ -109,6 +137,7 @@ class Section:
   facts: Mapping[str, object] = dataclasses.field(default_factory=dict)
   tables: Sequence[Table] = ()
   figures: Sequence[Figure] = ()
+  warnings: Sequence[str] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,14 +147,51 @@ class ReportPaths:
 
 
 def format_value(value: object) -> str:
-  """A cell as text: floats with 4 significant digits, NaN and None as an empty cell."""
+  """A cell as text: floats with 4 significant digits, |x| < 1e-12 as 0, NaN and None as 'n/a'."""
   if value is None:
-    return ''
+    return NOT_AVAILABLE
   if isinstance(value, (float, np.floating)):
-    return '' if math.isnan(value) else f'{float(value):.4g}'
+    if math.isnan(value):
+      return NOT_AVAILABLE
+    if abs(value) < ZERO_TOLERANCE:
+      return '0'
+    return f'{float(value):.4g}'
   if isinstance(value, np.integer):
     return str(int(value))
   return str(value)
+
+
+def against(what: str, reference: str) -> str:
+  """A caption naming its reference: ``against('JS divergence by level', DENSE_HUMAN)`` ->
+  'JS divergence by level, against the dense human reference'."""
+  if reference not in REFERENCE_WORDS:
+    raise ValueError(f'unknown reference {reference!r}; known: {sorted(REFERENCE_WORDS)}')
+  return f'{what}, against {REFERENCE_WORDS[reference]}'
+
+
+def balance_note(class_counts: Mapping[str, int] | Sequence[int], labels: Sequence[str]) -> str | None:
+  """None when every class of ``labels`` is present, else a warning sentence naming the missing ones.
+
+  A set may be called "balanced" only when this returns None.
+
+  Args:
+    class_counts: label -> count, or counts in ``labels`` order.
+    labels: every class of the label set.
+  """
+  if isinstance(class_counts, Mapping):
+    counts = [int(class_counts.get(label, 0)) for label in labels]
+  else:
+    counts = [int(c) for c in class_counts]
+    if len(counts) != len(labels):
+      raise ValueError(f'{len(counts)} counts for {len(labels)} labels')
+  missing = [label for label, n in zip(labels, counts) if n <= 0]
+  if not missing:
+    return None
+  present = len(labels) - len(missing)
+  return (
+    f'not balanced: {len(missing)} of {len(labels)} classes have no utterance ({", ".join(missing)}); '
+    f'only {present} classes are present, so the set is not called balanced.'
+  )
 
 
 def _is_numeric(value: object) -> bool:
@@ -146,7 +212,7 @@ def _png_data_uri(path: str) -> str:
 
 def _html_table(table: Table) -> str:
   names, rows = table.columns_and_rows()
-  out = ['<table>', f'<caption>{html.escape(table.caption)}</caption>', '<tr>']
+  out = ['<div class="table-box"><table>', f'<caption>{html.escape(table.caption)}</caption>', '<tr>']
   out += [f'<th>{html.escape(n)}</th>' for n in names]
   out.append('</tr>')
   for row in rows:
@@ -155,12 +221,13 @@ def _html_table(table: Table) -> str:
       css = '' if _is_numeric(value) else ' class="text"'
       cells.append(f'<td{css}>{html.escape(format_value(value))}</td>')
     out.append('<tr>' + ''.join(cells) + '</tr>')
-  out.append('</table>')
+  out.append('</table></div>')
   return '\n'.join(out)
 
 
 def _html_section(section: Section) -> str:
   out = [f'<section>\n<h2>{html.escape(section.title)}</h2>']
+  out += [f'<p class="warning">Warning: {html.escape(w)}</p>' for w in section.warnings]
   out += [f'<p>{html.escape(p)}</p>' for p in section.paragraphs]
   if section.facts:
     out.append('<dl>')
@@ -211,6 +278,8 @@ def render_markdown(title: str, sections: Sequence[Section], relative_to: str) -
   out = [f'# {title}']
   for section in sections:
     out += ['', f'## {section.title}']
+    for warning in section.warnings:
+      out += ['', f'> **Warning:** {warning}']
     for paragraph in section.paragraphs:
       out += ['', paragraph]
     if section.facts:

@@ -15,7 +15,11 @@ Choices (documented here and in the report):
   more than max(k) raters per utterance.  ``reference='all'`` scores against all dense votes (biased
   towards the human-only estimate, which shares k of them).  When a separate dense reference table is
   given, the sparse votes are drawn from the human table and the reference is that table, whole.
-- Ambiguity levels are those of the whole dense distribution (all its votes), fixed across k and repeats.
+- Ambiguity levels apply the run's one level definition.  By default a clip's level comes from the
+  entropy of the dense reference it is scored against (so with the remainder it excludes the sparse
+  draw, and may change with k and the repeat); otherwise the level would be correlated with the sparse
+  sample's own noise.  The older convention, the entropy of all the clip's votes (the sparse draw
+  included), fixed across k and repeats, is an option (see :mod:`perax.analysis.sparse_dense_study`).
 - Only utterances with enough raters for the largest k enter, the same set for every k; how many were
   left out is reported.
 """
@@ -31,9 +35,10 @@ import pyarrow as pa
 from perax.data import labels as labels_lib
 from perax.data import tables
 
+# The dense reference an estimate is scored against: the raters not drawn, or every dense vote.
 REMAINDER = 'remainder'
-ALL = 'all'
-REFERENCES = (REMAINDER, ALL)
+ALL_VOTES = 'all'
+REFERENCES = (REMAINDER, ALL_VOTES)
 
 
 @dataclasses.dataclass(frozen=True)

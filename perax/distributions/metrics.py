@@ -17,7 +17,7 @@ Definitions (logs are natural unless stated):
   entropy r / rho   Pearson / Spearman (average ranks for ties) correlation of the normalised
                     entropies H / log C of ref and pred rows; NaN where either side is constant.
 Classification, against the reference majority label (argmax of ref):
-  ties: a reference row whose top labels tie (within perax.distributions.TIE_TOLERANCE) is excluded
+  ties: a reference row whose top labels tie (within perax.distributions.counting.TIE_TOLERANCE) is excluded
   from the classification metrics under ref_ties='exclude' (the default; counted as n_ties), or
   resolved to the first tied label under 'first'. The prediction is argmax pred (first on ties).
   accuracy              share of items whose predicted label is the reference label.
@@ -35,12 +35,12 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import scipy.stats
 
-from perax import distributions
+from perax.distributions import counting
+from perax.distributions.levels import ALL, LEVELS
 
 KL_EPSILON = 1e-6
 ROW_SUM_TOLERANCE = 1e-4
 REF_TIE_POLICIES = ('exclude', 'first')
-ALL = 'all'
 
 
 def _check_pair(ref: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -113,8 +113,8 @@ def r2(ref: np.ndarray, pred: np.ndarray) -> float:
 def pearson(x: np.ndarray, y: np.ndarray) -> float:
   """Pearson correlation of two [N] arrays; NaN where either is constant or N < 2."""
   x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-  if x.size < 2:
-    return float('nan')
+  if x.size < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+    return float('nan')  # constant (tested exactly: x - mean(x) of equal values may not be 0)
   dx, dy = x - x.mean(), y - y.mean()
   norm = np.sqrt((dx * dx).sum() * (dy * dy).sum())
   return float(np.clip((dx * dy).sum() / norm, -1.0, 1.0)) if norm > 0 else float('nan')
@@ -129,7 +129,7 @@ def reference_labels(ref: np.ndarray, ref_ties: str = 'exclude') -> np.ndarray:
   """Majority label index [N] of each reference row; -1 on ties under ref_ties='exclude'."""
   if ref_ties not in REF_TIE_POLICIES:
     raise ValueError(f'ref_ties must be one of {REF_TIE_POLICIES}, got {ref_ties!r}')
-  return distributions.majority(ref, tie_policy='none' if ref_ties == 'exclude' else 'first')
+  return counting.majority(ref, tie_policy='none' if ref_ties == 'exclude' else 'first')
 
 
 def classification_metrics(true: np.ndarray, predicted: np.ndarray, num_labels: int) -> dict[str, float]:
@@ -196,12 +196,12 @@ def distribution_metrics(
         'r2': r2(ref, pred),
       }
     )
-    entropy_ref = distributions.normalized_entropy(ref)
-    entropy_pred = distributions.normalized_entropy(pred)
+    entropy_ref = counting.normalized_entropy(ref)
+    entropy_pred = counting.normalized_entropy(pred)
     result['entropy_pearson'] = pearson(entropy_ref, entropy_pred)
     result['entropy_spearman'] = spearman(entropy_ref, entropy_pred)
-  result.update(classification_metrics(true, distributions.majority(pred, 'first'), num_labels))
-  result['n_ties'] = int((distributions.top_labels(ref).sum(-1) > 1).sum())
+  result.update(classification_metrics(true, counting.majority(pred, 'first'), num_labels))
+  result['n_ties'] = int((counting.top_labels(ref).sum(-1) > 1).sum())
   return result
 
 
@@ -228,7 +228,7 @@ def metrics_by_level(
     raise ValueError(f'levels must be [N] = [{ref.shape[0]}], got {levels.shape}')
   result = {
     level: distribution_metrics(ref[levels == level], pred[levels == level], eps, ref_ties)
-    for level in distributions.LEVELS
+    for level in LEVELS
   }
   result[ALL] = distribution_metrics(ref, pred, eps, ref_ties)
   return result
