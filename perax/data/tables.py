@@ -185,10 +185,11 @@ def utterances_table(rows_or_columns) -> pa.Table:
 
 
 def votes_table(rows_or_columns) -> pa.Table:
-  """Votes in VOTE_SCHEMA: ``source`` must be human|synthetic, ``weight`` in (0, 1].
+  """Votes in VOTE_SCHEMA: ``source`` must be human|synthetic, ``weight`` a number, not NaN.
 
   A missing weight (no column, a missing key, null) is 1.0, a whole vote; a NaN weight is refused
   (an InputError naming the first such vote's utt_id), as it says nothing about the vote's share.
+  Range checks belong to the readers (the manifest wants (0, 1]) and to vote counting.
   """
   if not isinstance(rows_or_columns, (pa.Table, Mapping)):
     rows_or_columns = [dict(r) for r in rows_or_columns]
@@ -205,10 +206,10 @@ def votes_table(rows_or_columns) -> pa.Table:
       table.schema.get_field_index('weight'), 'weight', pc.fill_null(weight, pa.scalar(1.0))
     )
   weight = table.column('weight').to_numpy(zero_copy_only=False)
-  bad = np.flatnonzero(~((weight > 0.0) & (weight <= 1.0)))
+  bad = np.flatnonzero(np.isnan(weight))
   if bad.size:
     raise InputError(
-      f'vote weight {weight[bad[0]]} is outside (0, 1] ({bad.size} such votes)',
+      f'vote weight nan ({bad.size} such votes): a missing weight is left empty (a whole vote), never NaN',
       item=str(table.column('utt_id')[int(bad[0])].as_py()),
     )
   sources = set(table.column('source').unique().to_pylist())

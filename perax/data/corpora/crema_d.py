@@ -93,19 +93,20 @@ def _read_pools(
 ) -> dict[str, dict[str, np.ndarray]]:
   """For each pool digit in ``digits``: clip name -> counts [6], in file order.
 
-  Rows of other pools are not checked beyond their row id.
+  Rows of every pool are checked (row id, clip name, counts, no clip twice in a pool), loaded or not.
   """
-  pools = {digit: {} for digit in digits}
+  pools, seen = {digit: {} for digit in digits}, set()
   for line, row in read_csv_rows(
     path, ('', *VOTE_CODES, 'fileName', 'numResponses'), lenient=lenient, skipped=skipped
   ):
     try:
       digit = _pool_digit(row, path, line)
+      if (digit, row['fileName']) in seen:
+        raise InputError(f'clip {row["fileName"]!r} repeats in pool {digit}', path=path, line=line)
+      seen.add((digit, row['fileName']))
+      clip, counts = _clip_counts(row, path, line)  # every row is checked, whichever pool is loaded
       if digit not in pools:
         continue
-      clip, counts = _clip_counts(row, path, line)
-      if clip in pools[digit]:
-        raise InputError(f'clip {clip!r} repeats in pool {digit}', path=path, line=line)
     except InputError as e:
       handle(e, lenient, skipped)
       continue

@@ -107,9 +107,10 @@ def _check_times(utterance: dict, path: str, where: dict) -> None:
   for name, value in (('start_s', start_s), ('end_s', end_s)):
     if value < 0:
       raise InputError(f'{name} {value} is negative', path=path, **where)
-  if end_s <= start_s:
+  begin = 0.0 if math.isnan(start_s) else start_s  # no start_s: the segment starts with the file
+  if end_s <= begin:
     raise InputError(
-      f'end_s {end_s} is not after start_s {start_s} (a segment of {end_s - start_s:g} s)', path=path, **where
+      f'end_s {end_s} is not after start_s {begin} (a segment of {end_s - begin:g} s)', path=path, **where
     )
   if duration_s <= 0:
     raise InputError(f'duration_s {duration_s} is not positive', path=path, **where)
