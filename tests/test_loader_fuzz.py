@@ -38,13 +38,13 @@ from perax.data.corpora import crema_d, emodb, iemocap, manifest, msp_podcast
 
 FIXTURES = pathlib.Path(__file__).parent / 'fixtures'
 FUZZ = settings(
-  max_examples=40,
+  max_examples=30,
   deadline=None,
   derandomize=True,
   database=None,
   suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
-TARGETED = settings(FUZZ, max_examples=15)
+TARGETED = settings(FUZZ, max_examples=12)
 BOM = b'\xef\xbb\xbf'
 
 
@@ -556,7 +556,7 @@ def _write(path: pathlib.Path, rows: list[dict]) -> pathlib.Path:
 
 
 @pytest.mark.parametrize('suffix', ['.csv', '.jsonl', '.parquet'])
-@settings(FUZZ, max_examples=60)
+@settings(FUZZ, max_examples=50)
 @given(utterances=utterance_rows, votes=vote_rows)
 def test_manifest_refuses_exactly_the_invalid_rows(tmp_path_factory, suffix, utterances, votes):
   root = tmp_path_factory.mktemp('manifest_model')

@@ -48,13 +48,14 @@ def decoded_lines(
   """
   path = os.fspath(path)
   codec = _codec(encoding)
+  strip_bom = codec == 'utf-8'
   try:
     with open(path, 'rb') as f:
       for number, raw in enumerate(_physical_lines(f), 1):
-        if number == 1:
-          if codec == 'utf-8' and raw.startswith(codecs.BOM_UTF8):
+        if number == 1 and strip_bom:
+          if raw.startswith(codecs.BOM_UTF8):
             raw = raw[len(codecs.BOM_UTF8) :]
-          elif codec == 'utf-8' and raw.startswith(_UTF16_BOMS):
+          elif raw.startswith(_UTF16_BOMS):
             raise InputError('UTF-16 text; expected UTF-8 (save the file as UTF-8)', path=path, line=1)
         try:
           yield number, raw.decode(codec), None

@@ -23,20 +23,23 @@ class _Lines:
     self._pending = collections.deque()
     self._lenient = lenient
     self.taken: list[tuple[int, str, InputError | None]] = []
+    self.error: InputError | None = None  # the first undecodable line of the current record
 
   def __iter__(self):
     return self
 
   def __next__(self) -> str:
     item = self._pending.popleft() if self._pending else next(self._source)
-    line, text, error = item
-    if error is not None and (not self._lenient or line == 1):
-      raise error
+    if item[2] is not None:
+      if not self._lenient or item[0] == 1:
+        raise item[2]
+      self.error = self.error or item[2]
     self.taken.append(item)
-    return text
+    return item[1]
 
   def start_record(self) -> None:
     self.taken = []
+    self.error = None
 
   def give_back(self) -> None:
     """Returns the current record's lines after its first to be read again."""
@@ -93,6 +96,7 @@ def read_csv_rows(
   missing = [name for name in required if name not in header]
   if missing:
     raise InputError(f'CSV header lacks columns {missing}; has {header}', path=path, line=1)
+  width = len(header)
   while True:
     lines.start_record()
     try:
@@ -104,17 +108,21 @@ def read_csv_rows(
       handle(InputError(f'malformed CSV: {e}', path=path, line=line), lenient, skipped)
       lines.give_back()
       continue
-    line, last = lines.taken[0][0], lines.taken[-1][0]
+    taken = lines.taken
+    line = taken[0][0]
+    if len(fields) == width and len(taken) == 1 and lines.error is None:  # the common case
+      yield line, {name: value.strip() for name, value in zip(header, fields)}
+      continue
     if not fields or (len(fields) == 1 and not fields[0].strip()):
       continue
-    undecodable = [error for _, _, error in lines.taken if error is not None]
-    if undecodable:
-      handle(undecodable[0], lenient, skipped)
+    if lines.error is not None:
+      handle(lines.error, lenient, skipped)
       continue
+    last = taken[-1][0]
     spans = f' (the row runs on to line {last}: a quote left open?)' if last > line else ''
     problem = None
-    if len(fields) != len(header):
-      problem = f'expected {len(header)} fields, found {len(fields)}{spans}'
+    if len(fields) != width:
+      problem = f'expected {width} fields, found {len(fields)}{spans}'
     elif last > line and not multiline:
       problem = f'a quoted field holds a line break{spans}'
     if problem is not None:
