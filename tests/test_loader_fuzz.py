@@ -17,6 +17,7 @@ Every test is derandomized with bounded examples, so CI runs the same cases in a
 """
 
 import dataclasses
+import functools
 import json
 import math
 import pathlib
@@ -34,7 +35,7 @@ from hypothesis import strategies as st
 
 from perax.core.errors import InputError
 from perax.data import tables
-from perax.data.corpora import crema_d, emodb, iemocap, manifest, msp_podcast
+from perax.data.corpora import base, crema_d, emodb, iemocap, manifest, msp_podcast
 
 FIXTURES = pathlib.Path(__file__).parent / 'fixtures'
 FUZZ = settings(
@@ -62,10 +63,10 @@ class Target:
   files: tuple[str, ...]
   load: Callable[[pathlib.Path, bool], object]
   encoding: str = 'utf-8'
-  csv: bool = True  # the files are CSV with a header (else IEMOCAP's text or JSONL)
+  lenient: bool = True  # the reader has a lenient mode (the plain table readers have none)
 
   def run(self, lenient: bool):
-    return self.load(self.root, lenient)
+    return self.load(self.root, lenient and self.lenient)
 
 
 def _build_targets(base: pathlib.Path) -> dict[str, Target]:
@@ -84,7 +85,6 @@ def _build_targets(base: pathlib.Path) -> dict[str, Target]:
     root,
     ('utterances.jsonl', 'votes.jsonl'),
     lambda r, lenient: manifest.load(r / 'utterances.jsonl', votes=r / 'votes.jsonl', lenient=lenient),
-    csv=False,
   )
   root = pathlib.Path(shutil.copytree(FIXTURES / 'crema_d', base / 'crema_d'))
   _wav(root / 'AudioWAV' / '1001_IEO_NEU_XX.wav', 0.5)
@@ -107,7 +107,6 @@ def _build_targets(base: pathlib.Path) -> dict[str, Target]:
     tuple(str(p.relative_to(root)) for p in sorted(root.rglob('*.txt'))),
     lambda r, lenient: iemocap.load(r, lenient=lenient),
     encoding='latin-1',
-    csv=False,
   )
   for version in ('v1.11', 'v1.6'):
     root = pathlib.Path(shutil.copytree(FIXTURES / f'msp_podcast_{version}', base / f'msp_{version}'))
@@ -117,7 +116,44 @@ def _build_targets(base: pathlib.Path) -> dict[str, Target]:
       tuple(str(p.relative_to(root)) for p in sorted((root / 'Labels').glob('*.csv'))),
       lambda r, lenient: msp_podcast.load(r, lenient=lenient),
     )
+  root = base / 'tables'
+  root.mkdir()
+  (root / 'utterances.csv').write_text(
+    'utt_id,speaker,split,duration_s\nu1,s1,train,1.5\nu2,s2,test,\nu3,s2,dev,2.0\n'
+  )
+  (root / 'votes.csv').write_text(
+    'utt_id,rater,source,label,weight,text\nu1,r1,human,sad,1.0,Sadness\nu1,r2,human,happy,,happy\n'
+    'u2,r1,synthetic,angry,0.5,\nu3,r1,human,neutral,1,Neutral\n'
+  )
+  for name in ('utterances', 'votes'):
+    lines = (root / f'{name}.csv').read_text().splitlines()
+    header = lines[0].split(',')
+    rows = [dict(zip(header, line.split(','))) for line in lines[1:]]
+    numeric = {'duration_s', 'weight'}
+    (root / f'{name}.jsonl').write_text(
+      ''.join(
+        json.dumps({k: float(v) if k in numeric else v for k, v in r.items() if v}) + '\n' for r in rows
+      )
+    )
+  for suffix in ('csv', 'jsonl'):
+    targets[f'tables_{suffix}'] = Target(
+      f'tables_{suffix}',
+      root,
+      (f'utterances.{suffix}', f'votes.{suffix}'),
+      functools.partial(_plain_tables, suffix=suffix),
+      lenient=False,
+    )
   return targets
+
+
+def _plain_tables(root: pathlib.Path, lenient: bool, suffix: str) -> base.Corpus:
+  """The plain table readers (launchers' --votes and written tables) on the manifest's files."""
+  del lenient  # they have no lenient mode
+  return base.Corpus(
+    'tables',
+    tables.read_utterances(root / f'utterances.{suffix}'),
+    tables.read_votes(root / f'votes.{suffix}'),
+  )
 
 
 class _Targets(dict):
@@ -263,6 +299,8 @@ def _row_level(error: InputError) -> bool:
 def _check_strict_and_lenient(target: Target):
   """The properties every mutated input must keep; returns (strict corpus, strict error)."""
   strict, strict_error = _load(target, lenient=False)
+  if not target.lenient:
+    return strict, strict_error
   lenient, lenient_error = _load(target, lenient=True)
   if strict_error is None:
     assert lenient_error is None, f'lenient fails where strict reads: {lenient_error}'
@@ -278,7 +316,18 @@ def _check_strict_and_lenient(target: Target):
 
 
 @pytest.mark.parametrize(
-  'name', ['manifest_csv', 'manifest_jsonl', 'crema_d', 'emodb', 'iemocap', 'msp_v1.11', 'msp_v1.6']
+  'name',
+  [
+    'manifest_csv',
+    'manifest_jsonl',
+    'crema_d',
+    'emodb',
+    'iemocap',
+    'msp_v1.11',
+    'msp_v1.6',
+    'tables_csv',
+    'tables_jsonl',
+  ],
 )
 @FUZZ
 @given(mutation=mutations)
@@ -582,3 +631,23 @@ def test_manifest_refuses_exactly_the_invalid_rows(tmp_path_factory, suffix, utt
   else:
     strict = manifest.load(utterance_path, votes=votes_path if votes else None)
     assert _rows(strict) == _rows(lenient)
+
+
+@FUZZ
+@given(
+  cut=st.integers(0, 10**6), flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=4)
+)
+def test_damaged_parquet_gives_input_errors(tmp_path_factory, cut, flips):
+  """A truncated or bit-damaged Parquet manifest or table: an InputError naming it, or a clean read."""
+  root = tmp_path_factory.mktemp('parquet')
+  path = root / 'utterances.parquet'
+  pq.write_table(pa.table({'utt_id': ['a', 'b'], 'split': ['train', 'test'], 'start_s': [0.0, None]}), path)
+  data = bytearray(path.read_bytes())
+  for at, value in flips:
+    data[at % len(data)] = value
+  path.write_bytes(bytes(data[: len(data) - cut % (len(data) // 2)] if cut % 2 else data))
+  for read in (manifest.load, tables.read_utterances):
+    try:
+      read(path)
+    except InputError as error:
+      assert error.path == str(path) and '\n' not in str(error)
