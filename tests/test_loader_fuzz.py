@@ -12,6 +12,11 @@ Two kinds of tests:
   JSONL types) written as CSV, JSONL and Parquet; an independent oracle says which rows are valid,
   and the loader must refuse exactly those (strict: an error; lenient: the rest kept, the refused
   counted).
+- damaged binary inputs: truncated or bit-flipped Parquet tables and wav files give an InputError
+  naming the file, or a clean read (finite, non-empty audio).
+
+The loaders fuzzed: manifest (CSV, JSONL, Parquet), CREMA-D, EmoDB, IEMOCAP, MSP-Podcast (v1.6 and
+v1.11 layouts) and the plain table readers (tables.read_utterances / read_votes, CSV and JSONL).
 
 Every test is derandomized with bounded examples, so CI runs the same cases in a few seconds each.
 """
@@ -34,8 +39,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from perax.core.errors import InputError
-from perax.data import tables
-from perax.data.corpora import base, crema_d, emodb, iemocap, manifest, msp_podcast
+from perax.data import audio, tables
+from perax.data.corpora import audio_info, base, crema_d, emodb, iemocap, manifest, msp_podcast
 
 FIXTURES = pathlib.Path(__file__).parent / 'fixtures'
 FUZZ = settings(
@@ -651,3 +656,32 @@ def test_damaged_parquet_gives_input_errors(tmp_path_factory, cut, flips):
       read(path)
     except InputError as error:
       assert error.path == str(path) and '\n' not in str(error)
+
+
+@FUZZ
+@given(
+  cut=st.integers(0, 10**6),
+  flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=3),
+  header_only=st.booleans(),
+)
+def test_damaged_wavs_give_input_errors_or_finite_audio(tmp_path_factory, cut, flips, header_only):
+  """A truncated or damaged float wav: InputError naming it, or finite, non-empty samples."""
+  path = tmp_path_factory.mktemp('wav') / 'clip.wav'
+  soundfile.write(path, np.sin(np.arange(4000) * 0.1).astype(np.float32) * 0.3, 8000, subtype='FLOAT')
+  data = bytearray(path.read_bytes())
+  for at, value in flips:
+    data[at % (64 if header_only else len(data))] = value
+  path.write_bytes(bytes(data[: len(data) - cut % len(data)] if cut % 3 == 0 else data))
+  for read in (
+    audio.load_audio,
+    lambda p: audio.load_audio(p, start_s=0.1, end_s=0.3),
+    audio_info.audio_duration,
+  ):
+    try:
+      out = read(path)
+    except InputError as error:
+      assert error.path == str(path) and '\n' not in str(error)
+    else:
+      values = np.asarray(out)
+      assert values.size > 0 and np.all(np.isfinite(values))
+      assert values.ndim or values > 0  # a duration is positive
