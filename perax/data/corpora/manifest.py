@@ -31,8 +31,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from perax.core.errors import InputError, SkipCounter, handle
+from perax.data import jsonl_rows, tables
 from perax.data import labels as labels_lib
-from perax.data import tables
 from perax.data.corpora import base
 from perax.data.corpora.audio_info import audio_duration
 from perax.data.corpora.csv_rows import read_csv_rows
@@ -57,7 +57,7 @@ def _read_rows(
     for line, row in read_csv_rows(path, required, lenient=lenient, skipped=skipped, multiline=True):
       yield {'line': line}, row
   elif ext in ('.jsonl', '.json'):
-    for line, row in tables.iter_jsonl(path, lenient, skipped):
+    for line, row in jsonl_rows.iter_jsonl(path, lenient, skipped):
       yield {'line': line}, row
   elif ext in ('.parquet', '.pq'):
     try:
@@ -192,7 +192,7 @@ def _read_utterances(path: str, lenient: bool, skipped: SkipCounter) -> list[dic
     utterances.append(utterance)
     where_of.append(where)
   extra = _extra_columns(utterances, tables.UTTERANCE_SCHEMA)
-  utterances, _ = tables.drop_unconvertible(utterances, where_of, extra, path, lenient, skipped)
+  utterances, _ = jsonl_rows.drop_unconvertible(utterances, where_of, extra, path, lenient, skipped)
   return utterances
 
 
@@ -222,7 +222,7 @@ def _read_votes(path: str, known: set[str], shares: dict, lenient: bool, skipped
     votes.append(vote)
     where_of.append(where)
   extra = _extra_columns(votes, tables.VOTE_SCHEMA)
-  votes, _ = tables.drop_unconvertible(votes, where_of, extra, path, lenient, skipped)
+  votes, _ = jsonl_rows.drop_unconvertible(votes, where_of, extra, path, lenient, skipped)
   return votes
 
 
