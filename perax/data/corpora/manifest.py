@@ -97,7 +97,7 @@ def _value(row: dict, name: str, path: str, where: dict):
   return str(value).strip()
 
 
-def _time(value: float | None) -> float:
+def _nan_if_missing(value: float | None) -> float:
   return float('nan') if value is None else value
 
 
@@ -121,7 +121,7 @@ def _utterance(row: dict, path: str, where: dict) -> dict:
   utterance = dict(row)
   utterance.update({name: _value(row, name, path, where) for name in tables.UTTERANCE_SCHEMA.names})
   for name in ('start_s', 'end_s', 'duration_s'):
-    utterance[name] = _time(utterance[name])
+    utterance[name] = _nan_if_missing(utterance[name])
   if utterance['utt_id'] is None:
     raise InputError('no utt_id', path=path, **where)
   if utterance['split'] is not None:
@@ -168,7 +168,7 @@ def _vote(row: dict, path: str, where: dict) -> dict:
   elif not 0.0 < vote['weight'] <= 1.0:  # NaN fails this too: it says nothing about the vote's share
     raise InputError(f'weight {vote["weight"]} is outside (0, 1]', path=path, **where)
   for name in ('valence', 'arousal', 'dominance'):
-    vote[name] = _time(vote[name])
+    vote[name] = _nan_if_missing(vote[name])
   vote['text'] = vote['text'] if vote['text'] is not None else vote['label']
   vote['label'] = labels_lib.parse_label(vote['label'])
   return vote
