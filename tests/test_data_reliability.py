@@ -393,3 +393,16 @@ def test_parquet_manifest_with_nan_weight_names_the_row(tmp_path):
   )
   with pytest.raises(InputError, match=r"votes\.parquet, item 'row 1': weight nan"):
     manifest.load(utterances, votes=tmp_path / 'votes.parquet')
+
+
+def test_manifest_duration_stops_at_the_end_of_the_audio(tmp_path):
+  _wav(tmp_path / 'audio' / 'a.wav', 2.0)
+  path = tmp_path / 'utterances.csv'
+  path.write_text(
+    'utt_id,audio_path,start_s,end_s\nfull,audio/a.wav,,\nover,audio/a.wav,0.5,9.0\ntail,audio/a.wav,1.5,\n'
+  )
+  durations = tables.column(manifest.load(path).utterances, 'duration_s').tolist()
+  np.testing.assert_allclose(durations, [2.0, 1.5, 0.5])
+  assert (
+    audio.load_audio(tmp_path / 'audio' / 'a.wav', start_s=0.5, end_s=9.0).size == 1.5 * audio.SAMPLE_RATE
+  )

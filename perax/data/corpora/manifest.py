@@ -7,7 +7,8 @@ line). split, where given, goes through :func:`perax.data.tables.canonical_split
 Development -> dev; a typo such as 'tain' is refused with a suggestion). Times: start_s and end_s
 are non-negative, end_s > start_s, duration_s > 0. A relative audio_path is taken relative to the
 manifest's directory and must exist, have frames, and start_s must lie inside it; a missing
-duration_s is end_s - start_s where end_s is given, else the rest of the audio file. corpus
+duration_s is end_s - start_s (start_s missing: 0; end_s missing or past the audio's end: the audio's
+end), NaN where neither end_s nor audio is given. corpus
 defaults to 'manifest'.
 
 votes (``votes``: one or more files): utt_id, rater and label are required; source (human or
@@ -128,10 +129,8 @@ def _utterance(row: dict, path: str, where: dict) -> dict:
     utterance['split'] = tables.canonical_split(utterance['split'], path=path, **where)
   utterance['corpus'] = utterance['corpus'] or NAME
   _check_times(utterance, path, where)
-  if math.isnan(utterance['duration_s']) and not math.isnan(utterance['end_s']):
-    utterance['duration_s'] = utterance['end_s'] - (
-      0.0 if math.isnan(utterance['start_s']) else utterance['start_s']
-    )
+  start_s = 0.0 if math.isnan(utterance['start_s']) else utterance['start_s']
+  end_s = utterance['end_s']  # NaN: the end of the file
   if utterance['audio_path'] is not None:
     audio_path = os.path.join(os.path.dirname(os.path.abspath(path)), utterance['audio_path'])
     if not os.path.isfile(audio_path):
@@ -141,13 +140,13 @@ def _utterance(row: dict, path: str, where: dict) -> dict:
       file_s = audio_duration(audio_path)
     except InputError as e:
       raise InputError(f'audio file {audio_path}: {e.reason}', path=path, **where) from e
-    start_s = 0.0 if math.isnan(utterance['start_s']) else utterance['start_s']
     if start_s >= file_s:
       raise InputError(
         f'start_s {start_s} is past the end of {audio_path} ({file_s:.3f} s)', path=path, **where
       )
-    if math.isnan(utterance['duration_s']):
-      utterance['duration_s'] = file_s - start_s
+    end_s = file_s if math.isnan(end_s) else min(end_s, file_s)  # load_audio clamps an end past the file
+  if math.isnan(utterance['duration_s']) and not math.isnan(end_s):
+    utterance['duration_s'] = end_s - start_s
   return utterance
 
 
