@@ -83,3 +83,12 @@ def test_lenient_handling_counts_and_strict_raises():
   handle(error, lenient=True, skipped=skipped)
   handle(error, lenient=True, skipped=skipped)
   assert skipped.total == 2 and 'f.csv:3' in skipped.summary()
+
+
+def test_input_error_is_one_line():
+  error = InputError(
+    "cannot read Parquet: Couldn't deserialize thrift\nDeserializing page header failed.\n", 'x.pq'
+  )
+  assert (
+    str(error) == "x.pq: cannot read Parquet: Couldn't deserialize thrift / Deserializing page header failed."
+  )

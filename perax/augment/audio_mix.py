@@ -18,9 +18,9 @@ import pyarrow as pa
 import soundfile
 
 from perax.core.errors import InputError
+from perax.data.audio import SAMPLE_RATE
 from perax.data.tables import column
 
-SAMPLE_RATE = 16000
 CONCAT = 'concat'
 MIXUP = 'mixup'
 ORIGINAL = 'original'

@@ -13,7 +13,7 @@ import os
 
 
 class InputError(ValueError):
-  """Malformed input, with its location.
+  """Malformed input, with its location, in one line (line breaks of a wrapped message are joined).
 
   Attributes:
     path: the file (or table) holding the bad input.
@@ -31,6 +31,8 @@ class InputError(ValueError):
     self.path = None if path is None else str(path)
     self.line = line
     self.item = item
+    # One line always: a wrapped library message (pyarrow, libsndfile) may span several.
+    message = ' / '.join(part.strip() for part in str(message).splitlines() if part.strip())
     self.reason = message
     where = []
     if self.path is not None:

@@ -52,7 +52,8 @@ import numpy as np
 import scipy.fft
 import scipy.sparse
 
-SAMPLE_RATE = 16000
+from perax.data.audio import SAMPLE_RATE
+
 N_FFT = 400
 HOP_LENGTH = 160
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100

@@ -12,7 +12,8 @@ utterances (one row per utterance):
   duration_s  float64  utterance duration in seconds; NaN where unknown.
   transcript  string   null where the corpus has none.
   speaker     string
-  split       string   train | dev | test (or a corpus's own test name such as test1, test2).
+  split       string   train | dev | test, or a corpus's extra test set test1 | test2 | test3
+                       (KNOWN_SPLITS; null where the corpus has no split). Nothing else.
   fold        string   cross-validation fold (IEMOCAP: Session1..Session5); null where none.
   corpus      string
 
@@ -32,9 +33,9 @@ valid (bool).
 
 from __future__ import annotations
 
-import json
+import difflib
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -42,7 +43,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from perax.core.errors import InputError, SkipCounter, handle
+from perax.core.errors import InputError
+from perax.data.jsonl_rows import drop_unconvertible, iter_jsonl
+from perax.data.text_lines import decoded_lines
 
 HUMAN = 'human'
 SYNTHETIC = 'synthetic'
@@ -77,6 +80,37 @@ VOTE_SCHEMA = pa.schema(
 )
 
 _DEFAULTS = {pa.float64(): float('nan'), pa.string(): None}
+
+# The split names perax knows: its own three, and the extra test sets of corpora that ship several
+# (MSP-Podcast's Test1, Test2, Test3). A name outside these is a typo, never a new split.
+STANDARD_SPLITS = ('train', 'dev', 'test')
+CORPUS_SPLITS = ('test1', 'test2', 'test3')
+KNOWN_SPLITS = STANDARD_SPLITS + CORPUS_SPLITS
+# Other spellings of a known split, as corpora write them (lower-cased): MSP-Podcast's Development.
+SPLIT_ALIASES = {'development': 'dev', 'validation': 'dev', 'valid': 'dev', 'val': 'dev'}
+
+
+def canonical_split(name: str, path: os.PathLike | str | None = None, **where) -> str:
+  """perax's name of the split a corpus or manifest calls ``name`` (Train -> train, Development -> dev).
+
+  Case is ignored and :data:`SPLIT_ALIASES` resolved; anything else must be one of :data:`KNOWN_SPLITS`.
+
+  Raises:
+    InputError: an unknown name (naming ``path`` and ``where``: line=... or item=...), with the
+      closest known name when there is one ('tain' -> did you mean 'train'?).
+  """
+  folded = str(name).strip().lower()
+  folded = SPLIT_ALIASES.get(folded, folded)
+  if folded in KNOWN_SPLITS:
+    return folded
+  raise InputError(_unknown_split(name), path=path, **where)
+
+
+def _unknown_split(name: str) -> str:
+  choices = list(KNOWN_SPLITS) + list(SPLIT_ALIASES)
+  close = difflib.get_close_matches(str(name).strip().lower(), choices, n=1, cutoff=0.6)
+  hint = f'; did you mean {SPLIT_ALIASES.get(close[0], close[0])!r}?' if close else ''
+  return f'unknown split {name!r} (known: {", ".join(KNOWN_SPLITS)}){hint}'
 
 
 def _build(rows_or_columns, schema: pa.Schema, what: str) -> pa.Table:
@@ -124,12 +158,26 @@ def _build(rows_or_columns, schema: pa.Schema, what: str) -> pa.Table:
   return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
+def _length(columns: Mapping) -> int:
+  return len(next(iter(columns.values()))) if columns else 0
+
+
 def utterances_table(rows_or_columns) -> pa.Table:
-  """Utterances in UTTERANCE_SCHEMA, from row dicts, a column dict or a table; checks utt_id."""
+  """Utterances in UTTERANCE_SCHEMA, from row dicts, a column dict or a table.
+
+  Checks: utt_id present and unique; split null or one of :data:`KNOWN_SPLITS` exactly (loaders
+  map their corpus's names with :func:`canonical_split`).
+  """
   table = _build(rows_or_columns, UTTERANCE_SCHEMA, 'utterances')
   ids = table.column('utt_id')
   if ids.null_count:
     raise InputError('utterances have a null utt_id')
+  splits = table.column('split')
+  unknown = pc.invert(pc.is_in(splits, value_set=pa.array(KNOWN_SPLITS))).to_numpy(zero_copy_only=False)
+  unknown &= ~pc.is_null(splits).to_numpy(zero_copy_only=False)
+  if unknown.any():
+    first = int(np.flatnonzero(unknown)[0])
+    raise InputError(_unknown_split(splits[first].as_py()), item=ids[first].as_py())
   if pc.count_distinct(ids).as_py() != table.num_rows:
     values, counts = np.unique(np.asarray(ids.to_pylist(), dtype=object), return_counts=True)
     raise InputError(f'utterances repeat utt_id {values[counts > 1][0]!r}', item=str(values[counts > 1][0]))
@@ -137,16 +185,32 @@ def utterances_table(rows_or_columns) -> pa.Table:
 
 
 def votes_table(rows_or_columns) -> pa.Table:
-  """Votes in VOTE_SCHEMA; ``weight`` defaults to 1.0 and ``source`` must be human|synthetic."""
+  """Votes in VOTE_SCHEMA: ``source`` must be human|synthetic, ``weight`` a number, not NaN.
+
+  A missing weight (no column, a missing key, null) is 1.0, a whole vote; a NaN weight is refused
+  (an InputError naming the first such vote's utt_id), as it says nothing about the vote's share.
+  Range checks belong to the readers (the manifest wants (0, 1]) and to vote counting.
+  """
   if not isinstance(rows_or_columns, (pa.Table, Mapping)):
     rows_or_columns = [dict(r) for r in rows_or_columns]
     for r in rows_or_columns:
       r.setdefault('weight', 1.0)
+  elif isinstance(rows_or_columns, Mapping) and 'weight' not in rows_or_columns:
+    rows_or_columns = {**rows_or_columns, 'weight': np.ones(_length(rows_or_columns))}
+  elif isinstance(rows_or_columns, pa.Table) and 'weight' not in rows_or_columns.column_names:
+    rows_or_columns = rows_or_columns.append_column('weight', pa.array(np.ones(rows_or_columns.num_rows)))
   table = _build(rows_or_columns, VOTE_SCHEMA, 'votes')
-  weight = table.column('weight').to_numpy(zero_copy_only=False)
-  if np.isnan(weight).any():
+  weight = table.column('weight')
+  if weight.null_count:  # a missing weight is a whole vote; a NaN one is an error
     table = table.set_column(
-      table.schema.get_field_index('weight'), 'weight', pa.array(np.where(np.isnan(weight), 1.0, weight))
+      table.schema.get_field_index('weight'), 'weight', pc.fill_null(weight, pa.scalar(1.0))
+    )
+  weight = table.column('weight').to_numpy(zero_copy_only=False)
+  bad = np.flatnonzero(np.isnan(weight))
+  if bad.size:
+    raise InputError(
+      f'vote weight nan ({bad.size} such votes): a missing weight is left empty (a whole vote), never NaN',
+      item=str(table.column('utt_id')[int(bad[0])].as_py()),
     )
   sources = set(table.column('source').unique().to_pylist())
   if not sources <= {HUMAN, SYNTHETIC}:
@@ -191,7 +255,10 @@ def write_table(table: pa.Table, path: os.PathLike | str) -> str:
 
 
 def read_table(path: os.PathLike | str, columns: Sequence[str] | None = None) -> pa.Table:
-  """Reads a Parquet, CSV or JSONL table by its extension, naming the file on failure."""
+  """Reads a Parquet, CSV or JSONL table by its extension, naming the file (and line) on failure.
+
+  CSV and JSONL are UTF-8, with or without a byte-order mark; in CSV only an empty field is null.
+  """
   path = os.fspath(path)
   if not os.path.exists(path):
     raise InputError('no such file', path=path)
@@ -200,7 +267,11 @@ def read_table(path: os.PathLike | str, columns: Sequence[str] | None = None) ->
     if ext in ('.parquet', '.pq'):
       return pq.read_table(path, columns=columns)
     if ext == '.csv':
-      table = pa_csv.read_csv(path)
+      _check_text(path)
+      # Only an empty field is missing: 'nan' stays a NaN number and 'NA' a string, never null.
+      table = pa_csv.read_csv(
+        path, convert_options=pa_csv.ConvertOptions(null_values=[''], strings_can_be_null=True)
+      )
     elif ext in ('.jsonl', '.json'):
       table = _read_jsonl(path)
     else:
@@ -210,33 +281,19 @@ def read_table(path: os.PathLike | str, columns: Sequence[str] | None = None) ->
   return table.select(columns) if columns else table
 
 
-def iter_jsonl(
-  path: os.PathLike | str, lenient: bool = False, skipped: SkipCounter | None = None
-) -> Iterator[tuple[int, dict]]:
-  """Yields (1-based line, object) for each non-blank line of a JSONL file.
-
-  A line that is not a JSON object raises InputError naming the file and line, or with ``lenient``
-  is counted in ``skipped`` and passed over.
-  """
-  with open(path, encoding='utf-8') as f:
-    for lineno, text in enumerate(f, 1):
-      if not text.strip():
-        continue
-      try:
-        row = json.loads(text)
-      except json.JSONDecodeError as e:
-        handle(InputError(f'invalid JSON: {e.msg}', path=path, line=lineno), lenient, skipped)
-        continue
-      if not isinstance(row, dict):
-        handle(InputError('expected a JSON object per line', path=path, line=lineno), lenient, skipped)
-        continue
-      yield lineno, row
+def _check_text(path: str) -> None:
+  """Raises at the first line that is not UTF-8 (Arrow would silently read that column as bytes)."""
+  for _, _, error in decoded_lines(path, 'utf-8'):
+    if error is not None:
+      raise error
 
 
 def _read_jsonl(path: str) -> pa.Table:
-  rows = [row for _, row in iter_jsonl(path)]
+  numbered = list(iter_jsonl(path))
+  rows, where = [row for _, row in numbered], [{'line': line} for line, _ in numbered]
   # from_pylist takes its columns from the first row alone: list the union so no column is lost.
   names = list(dict.fromkeys(k for row in rows for k in row))
+  rows, _ = drop_unconvertible(rows, where, names, path)
   return pa.Table.from_pydict({k: [row.get(k) for row in rows] for k in names})
 
 

@@ -23,11 +23,11 @@ from typing import Optional
 
 import numpy as np
 
-from perax.core import jsonio
+from perax.core import jsonio, log
 from perax.core.errors import InputError
 from perax.data import labels as labels_lib
 from perax.data import tables
-from perax.data.corpora import protocols
+from perax.data.corpora import audio_info, protocols
 from perax.data.corpora.base import Corpus
 from perax.data.corpora.protocols import default_test_split, test_splits  # re-exported
 
@@ -177,6 +177,9 @@ def prepare(
   chosen = labels_lib.get_label_set(label_set) if label_set else None
   for line in summary(loaded, chosen):
     echo(line)
+  long_clips = audio_info.long_clips_warning(loaded.utterances)
+  if long_clips:
+    log.warning(long_clips, stage='prepare')
   paths = write_corpus(loaded, out_dir)
   echo(f'wrote {", ".join(paths.values())}')
   return paths

@@ -9,7 +9,8 @@ What becomes of it:
   (1001_IEO_HAP_HI), speaker the actor (1001), transcript the sentence the code names (IEO ->
   "It's eleven o'clock."), split by actor with :func:`perax.data.corpora.splits.speaker_splits` (seeded,
   70/10/20 by default), fold null. audio_path and duration come from <path>/AudioWAV/<clip>.wav where
-  that file exists (the audio is not in the vote release), else null / NaN. Extra columns:
+  that file exists (the audio is not in the vote release), else null / NaN; an unreadable or 0-frame
+  file is an error, or with ``lenient`` counted as skipped and its clip kept without audio. Extra columns:
   ``intended_emotion`` (canonical label of the acted emotion) and ``intensity`` (LO MD HI XX).
 - votes: counts become one row per counted vote, in column order A D F H N S; the rater id is
   ``<pool>_<k>`` with k the 0-based position of the vote within its clip. The crowd was anonymous per
@@ -92,19 +93,20 @@ def _read_pools(
 ) -> dict[str, dict[str, np.ndarray]]:
   """For each pool digit in ``digits``: clip name -> counts [6], in file order.
 
-  Rows of other pools are not checked beyond their row id.
+  Rows of every pool are checked (row id, clip name, counts, no clip twice in a pool), loaded or not.
   """
-  pools = {digit: {} for digit in digits}
+  pools, seen = {digit: {} for digit in digits}, set()
   for line, row in read_csv_rows(
     path, ('', *VOTE_CODES, 'fileName', 'numResponses'), lenient=lenient, skipped=skipped
   ):
     try:
       digit = _pool_digit(row, path, line)
+      if (digit, row['fileName']) in seen:
+        raise InputError(f'clip {row["fileName"]!r} repeats in pool {digit}', path=path, line=line)
+      seen.add((digit, row['fileName']))
+      clip, counts = _clip_counts(row, path, line)  # every row is checked, whichever pool is loaded
       if digit not in pools:
         continue
-      clip, counts = _clip_counts(row, path, line)
-      if clip in pools[digit]:
-        raise InputError(f'clip {clip!r} repeats in pool {digit}', path=path, line=line)
     except InputError as e:
       handle(e, lenient, skipped)
       continue
@@ -141,6 +143,29 @@ def _votes(
   return tables.votes_table(columns)
 
 
+def _audio(
+  audio_dir: str, clips: list[str], lenient: bool, skipped: SkipCounter
+) -> tuple[list[str | None], list[float]]:
+  """(audio path or None, duration or NaN) of each clip's AudioWAV file.
+
+  A missing file is normal (the audio is a separate release); an unreadable or empty one raises,
+  or with ``lenient`` is counted in ``skipped`` and its clip kept without audio (as MSP-Podcast).
+  """
+  paths, durations = [], []
+  for clip in clips:
+    audio_path = existing_audio(os.path.join(audio_dir, f'{clip}.wav'))
+    duration = float('nan')
+    if audio_path is not None:
+      try:
+        duration = audio_duration(audio_path)
+      except InputError as e:
+        handle(e, lenient, skipped)
+        audio_path = None
+    paths.append(audio_path)
+    durations.append(duration)
+  return paths, durations
+
+
 def load(
   path: os.PathLike | str,
   *,
@@ -154,7 +179,7 @@ def load(
 
   Args:
     path: the release directory holding tabulatedVotes.csv (and AudioWAV/ where available).
-    lenient: skip and count malformed rows instead of raising.
+    lenient: skip and count malformed rows and unreadable AudioWAV files instead of raising.
     modality: the pool whose votes are the corpus's votes: voice, face or audiovisual.
     reference_modality: another pool loaded as ``reference_votes``, or None.
     seed: seed of the speaker split.
@@ -179,12 +204,12 @@ def load(
   actors = [actor for actor, _, _, _ in parts]
   split_of = splits_lib.speaker_splits(actors, seed=seed, fractions=split_fractions)
   audio_dir = os.path.join(os.fspath(path), AUDIO_DIR)
-  audio = [existing_audio(os.path.join(audio_dir, f'{clip}.wav')) for clip in clips]
+  audio, durations = _audio(audio_dir, clips, lenient, skipped)
   utterances = tables.utterances_table(
     {
       'utt_id': clips,
       'audio_path': audio,
-      'duration_s': [float('nan') if a is None else audio_duration(a) for a in audio],
+      'duration_s': durations,
       'transcript': [SENTENCES[sentence] for _, sentence, _, _ in parts],
       'speaker': actors,
       'split': [split_of[actor] for actor in actors],

@@ -44,12 +44,12 @@ import soundfile
 from perax.core.errors import InputError, SkipCounter, handle
 from perax.data import labels as labels_lib
 from perax.data import tables
+from perax.data.audio import SAMPLE_RATE
 from perax.data.corpora import base
 from perax.data.corpora import splits as splits_lib
 
 NAME = 'demo'
 LABEL_SET = 'demo'
-SAMPLE_RATE = 16000
 NUM_SPEAKERS = 10
 SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
 HUMAN_VOTES = 3

@@ -12,7 +12,8 @@ import hashlib
 import math
 from collections.abc import Iterable, Sequence
 
-SPLITS = ('train', 'dev', 'test')
+from perax.data.tables import STANDARD_SPLITS as SPLITS
+
 DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)
 
 
