@@ -27,11 +27,11 @@ from real_corpora import (
   write_msp_podcast,
 )
 
+from perax import distributions as dist
 from perax.augment import dime_aug
 from perax.core.errors import InputError
 from perax.data import corpora, tables
 from perax.data.corpora import iemocap, msp_podcast
-from perax.distributions import estimate
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -107,7 +107,7 @@ def _expected(turns, classes, keep_consensus, outside='drop'):
 
 
 def _distributions(corpus, label_set):
-  ids, counts = estimate.vote_counts(corpus.votes, label_set, tables.column(corpus.utterances, 'utt_id'))
+  ids, counts = dist.vote_counts(corpus.votes, label_set, tables.column(corpus.utterances, 'utt_id'))
   return dict(zip(ids, counts / counts.sum(axis=1, keepdims=True)))
 
 
