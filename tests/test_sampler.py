@@ -18,7 +18,7 @@ from safetensors import numpy as safetensors_numpy
 
 from perax.models import loading
 from perax.models.tiny import make_tiny_checkpoint
-from perax.raters import prompts
+from perax.raters import decoding, prompts
 from perax.raters import sampler as sampler_lib
 
 LABELS = ('neutral', 'happy', 'sad', 'angry')
@@ -193,14 +193,14 @@ def test_no_recompilation_after_warm_up(tiny):
 def test_top_k_and_top_p_keep_the_expected_tokens():
   logits = np.log(np.array([[0.5, 0.2, 0.15, 0.1, 0.05], [0.05, 0.1, 0.15, 0.2, 0.5]]))
   config = sampler_lib.SamplingConfig(temperature=1.0, top_k=3)
-  kept = np.isfinite(np.asarray(sampler_lib._filter_logits(logits, config)))
+  kept = np.isfinite(np.asarray(decoding.filter_logits(logits, config)))
   np.testing.assert_array_equal(kept, [[1, 1, 1, 0, 0], [0, 0, 1, 1, 1]])
   # top_p = 0.8: the smallest prefix of the sorted probabilities reaching 0.8 is 0.5+0.2+0.15.
   config = sampler_lib.SamplingConfig(temperature=1.0, top_p=0.8)
-  kept = np.isfinite(np.asarray(sampler_lib._filter_logits(logits, config)))
+  kept = np.isfinite(np.asarray(decoding.filter_logits(logits, config)))
   np.testing.assert_array_equal(kept, [[1, 1, 1, 0, 0], [0, 0, 1, 1, 1]])
   config = sampler_lib.SamplingConfig(temperature=1.0, top_p=0.5)
-  kept = np.isfinite(np.asarray(sampler_lib._filter_logits(logits, config)))
+  kept = np.isfinite(np.asarray(decoding.filter_logits(logits, config)))
   np.testing.assert_array_equal(kept, [[1, 0, 0, 0, 0], [0, 0, 0, 0, 1]])
 
 
