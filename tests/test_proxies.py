@@ -161,7 +161,7 @@ def test_resume_after_kill_gives_the_same_table(setup, monkeypatch):
 
 def test_a_different_job_is_refused(setup):
   other = proxies.ProxyJob(**{**setup['job'].__dict__, 'seed': 8})
-  with pytest.raises(InputError, match=r"differing: \['seed'\]"):
+  with pytest.raises(InputError, match=r'settings differ from the recorded run \(seed: recorded 7, now 8\)'):
     _run(setup, setup['root'] / 'full', other)
 
 
@@ -217,7 +217,14 @@ def test_launcher_score_mode(setup):
   compiles = sampler_lib.compile_count()
   scores = tables.read_table(out_dir / 'scores.parquet')
   columns = tables.label_columns(['neutral', 'happy', 'sad'])
-  assert scores.column_names == ['utt_id', 'prompt_id', *columns, proxies.LABEL_MASS]
+  assert scores.column_names == [
+    'utt_id',
+    'prompt_id',
+    *columns,
+    proxies.LABEL_MASS,
+    proxies.CLIP_POLICY,
+    proxies.WINDOWS,
+  ]
   assert scores.num_rows == len(SECONDS) + 1 and set(tables.column(scores, 'prompt_id')) == {'direct'}
   probs = np.stack([tables.column(scores, c) for c in columns], axis=1)
   np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)
