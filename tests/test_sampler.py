@@ -13,10 +13,10 @@ import pytest
 import scipy.stats
 import torch
 import transformers
-from jax.sharding import Mesh
+from jax.sharding import Mesh, PartitionSpec
 from safetensors import numpy as safetensors_numpy
 
-from perax.models import loading
+from perax.models import loading, sharding
 from perax.models.tiny import make_tiny_checkpoint
 from perax.raters import decoding, prompts
 from perax.raters import sampler as sampler_lib
@@ -175,6 +175,29 @@ def test_alone_equals_in_batch_and_sharded(tiny):
   mesh = Mesh(np.asarray(jax.devices()[:8]), ('data',))
   sharded = sampler_lib.Sampler(tiny.model, tiny.tokenizer, batch_size=8, mesh=mesh)
   np.testing.assert_array_equal(votes([0, 1, 2, 3], sampler=sharded)[:4], together)
+
+
+def test_sharded_weights_give_the_single_device_votes(tiny):
+  """Weights split by the logical-axis rules over data x fsdp x tensor = 2 x 2 x 2 virtual devices."""
+  mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2, devices=jax.devices()[:8])
+  sharded = sampler_lib.Sampler(tiny.model, tiny.tokenizer, batch_size=4, mesh=mesh)
+  kernel = sharded._state['language_model']['layers'][0]['mlp']['gate_proj']['kernel'][...]
+  assert kernel.sharding.spec == PartitionSpec('fsdp', 'tensor')  # [embed, mlp], not replicated
+  assert kernel.addressable_shards[0].data.shape == (kernel.shape[0] // 2, kernel.shape[1] // 2)
+  config = _sampling(tiny)
+  rows = [0, 1, 2, 3]
+  audio, prompt_ids, utt_ids = tiny.encode(rows)
+  single = tiny.sampler.sample(audio, prompt_ids, config, seed=3, utt_ids=utt_ids, prompt_id='p')
+  audio, prompt_ids, utt_ids = tiny.encode(rows, sharded)
+  np.testing.assert_array_equal(
+    sharded.sample(audio, prompt_ids, config, seed=3, utt_ids=utt_ids, prompt_id='p'), single
+  )
+  np.testing.assert_allclose(
+    sharded.score(audio, prompt_ids, tiny.label_tokens),
+    tiny.sampler.score(*tiny.encode(rows)[:2], tiny.label_tokens),
+    rtol=1e-5,
+    atol=1e-5,
+  )
 
 
 def test_no_recompilation_after_warm_up(tiny):
