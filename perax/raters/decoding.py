@@ -35,12 +35,14 @@ from jax.sharding import Mesh, NamedSharding
 from perax.models import cache as kv_cache
 from perax.models import sharding
 
-# Prompt lengths are padded up to the first bucket that holds them (30 s of audio is 750 tokens).
-# About 1.25x apart: at most a quarter of a prefill is padding, and a corpus reaches about two
-# buckets per audio bucket (a clip's audio tokens lie within 2x inside one audio bucket), instead of
-# the 23 finer buckets used before, each a compilation per feature bucket and mode (see the notes of
-# issue 13 item 4). Above the last bucket lengths round up to its multiples.
-PROMPT_BUCKETS = (128, 160, 192, 256, 320, 384, 512, 640, 768, 896, 1024, 1280, 1536, 2048)
+# Prompt lengths are padded up to the first bucket that holds them. One bucket per audio feature
+# bucket (2, 4, 8, 16, 30 s hold at most 50, 100, 200, 400, 750 audio tokens), with 128 tokens or more
+# for the text, then coarse steps for long transcripts; above the last, multiples of it. A batch's
+# bucket is its longest prompt's, so finer buckets are rarely reached and each one reached costs a
+# compilation per feature bucket and program (about 13 s at 7B) to save a few percent of prefill:
+# for clips of 0.5-30 s in batches of 8 the 23 buckets used before reach 14 (feature, prompt) pairs
+# with 22% prefill padding, these 6 pairs with 30% (notes of issue 13, item 4).
+PROMPT_BUCKETS = (192, 256, 352, 544, 896, 1024, 1280, 1536, 2048)
 END_OF_TURN = '<|im_end|>'
 END_OF_TEXT = '<|endoftext|>'
 NO_TOKEN = -1  # written after a row has stopped
