@@ -327,7 +327,8 @@ def _report_skipped(items: list[dict], path: str | None) -> None:
   reasons = '; '.join(f'{n} x {r}' for r, n in counter.counts.most_common())
   names = ', '.join(item['utt_id'] for item in items[:10]) + (', ...' if len(items) > 10 else '')
   where = f'; all listed in {path}' if path else ''
-  log.warning(f'skipped {len(items)} utterances ({reasons}): {names}{where}', STAGE)
+  noun = 'utterance' if len(items) == 1 else 'utterances'
+  log.warning(f'skipped {len(items)} {noun} ({reasons}): {names}{where}', STAGE)
 
 
 def _report_long_clips(counts: dict[str, int], policy: str) -> None:
