@@ -3,9 +3,13 @@
   python launch/generate_proxies.py --checkpoint=ckpt/ --manifest=utterances.parquet \\
       --out_dir=runs/proxies --label_set=iemocap4 --votes_per_utterance=10 --temperature=1
 
-Writes <out_dir>/votes.parquet (--mode=sample) or <out_dir>/scores.parquet (--mode=score); rerun
-the same command after an interruption to finish the job (see perax.raters.proxies).
+Writes <out_dir>/votes.parquet (--mode=sample) or <out_dir>/scores.parquet (--mode=score), and
+<out_dir>/skipped.parquet listing the utterances that could not be rated; rerun the same command
+after an interruption to finish the job (see perax.raters.proxies). A model larger than one device
+runs sharded: --mesh_shape='(1,4,2)' splits the weights over 4 fsdp x 2 tensor devices.
 """
+
+import re
 
 from absl import app, flags
 
@@ -49,12 +53,52 @@ _CONSTRAINED = flags.DEFINE_bool('constrained', False, 'Only emit label strings 
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 8, 'Clips per batch (all local devices).')
 _SHARD_SIZE = flags.DEFINE_integer('shard_size', 256, 'Utterances per resumable output shard.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Random seed.')
-_DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype.')
+_DTYPE = flags.DEFINE_enum(
+  'dtype',
+  None,
+  ['float32', 'bfloat16'],
+  'Compute dtype. Default: bfloat16 on GPU and TPU, float32 on CPU (float32 matches HF exactly).',
+)
+
+
+class _MeshShapeParser(flags.ArgumentParser):
+  """Parses '(data, fsdp, tensor)' (parentheses optional) into a tuple of three ints."""
+
+  syntactic_help = '(data, fsdp, tensor) sizes, e.g. (1,4,2); one may be -1'
+
+  def parse(self, argument):
+    if isinstance(argument, tuple):
+      return argument
+    parts = [p for p in re.split(r'[\s,()]+', argument) if p]
+    if len(parts) != 3 or not all(re.fullmatch(r'-?\d+', p) for p in parts):
+      raise ValueError(f'expected three integers (data, fsdp, tensor), got {argument!r}')
+    return tuple(int(p) for p in parts)
+
+  def flag_type(self):
+    return 'tuple of 3 ints'
+
+
+_MESH_SHAPE = flags.DEFINE(
+  _MeshShapeParser(),
+  'mesh_shape',
+  None,
+  "(data, fsdp, tensor) mesh over this process's devices; weights are sharded by the model's "
+  "logical-axis rules, batches over data x fsdp. Default: every local device on the 'data' axis.",
+)
+_LONG_CLIPS = flags.DEFINE_enum(
+  'long_clips',
+  'truncate',
+  ['truncate', 'split'],
+  'Clips over 30 s: truncate (rate the first 30 s) or split (rate 30 s windows; votes pooled, label '
+  'distributions averaged weighted by window duration). Counted in a warning and marked in clip_policy.',
+)
 _MODEL_NAME = flags.DEFINE_string(
   'model_name', None, "Model name in the rater column; the checkpoint's directory name when unset."
 )
 _STRICT_AUDIO = flags.DEFINE_bool(
-  'strict_audio', False, 'Raise on unreadable audio instead of counting and skipping it.'
+  'strict_audio',
+  False,
+  'Raise on audio that cannot be rated (unreadable, NaN/Inf, empty) instead of skipping it.',
 )
 
 
@@ -83,8 +127,15 @@ def main(argv):
     batch_size=_BATCH_SIZE.value,
     shard_size=_SHARD_SIZE.value,
     lenient_audio=not _STRICT_AUDIO.value,
+    long_clips=_LONG_CLIPS.value,
   )
-  proxies.generate_from_files(job, _CHECKPOINT.value, _MANIFEST.value, _OUT_DIR.value, dtype=_DTYPE.value)
+  result = proxies.generate_from_files(
+    job, _CHECKPOINT.value, _MANIFEST.value, _OUT_DIR.value, dtype=_DTYPE.value, mesh_shape=_MESH_SHAPE.value
+  )
+  if result.output:
+    print(
+      f'{result.output}: {result.rows} rows; skipped {result.skipped.total} utterances; {result.compiles} compilations'
+    )
 
 
 if __name__ == '__main__':

@@ -92,5 +92,5 @@ def test_prompt_ids_equal_hf_processor(processor, seconds, system_prompt, prompt
 
 
 def test_prompt_encoder_needs_one_audio_placeholder(processor):
-  with pytest.raises(ValueError, match='exactly one'):
+  with pytest.raises(InputError, match='exactly one'):
     prompts.PromptEncoder(processor).ids('no audio here', 5)

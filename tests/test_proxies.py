@@ -161,7 +161,7 @@ def test_resume_after_kill_gives_the_same_table(setup, monkeypatch):
 
 def test_a_different_job_is_refused(setup):
   other = proxies.ProxyJob(**{**setup['job'].__dict__, 'seed': 8})
-  with pytest.raises(InputError, match=r"differing: \['seed'\]"):
+  with pytest.raises(InputError, match=r'settings differ from the recorded run \(seed: recorded 7, now 8\)'):
     _run(setup, setup['root'] / 'full', other)
 
 
@@ -188,15 +188,29 @@ def test_constrained_votes_on_emodb_audio(setup, emodb_dir):
   assert tables.column(votes, 'valid').all() and result.skipped.total == 0
 
 
-def _launcher():
+@pytest.fixture(scope='module')
+def launcher():
   spec = importlib.util.spec_from_file_location('generate_proxies', REPO / 'launch' / 'generate_proxies.py')
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  spec.loader.exec_module(module)  # defines the launcher's flags, once per test module
   return module
 
 
-def test_launcher_score_mode(setup):
-  launcher = _launcher()
+def test_launcher_mesh_shape_and_dtype_defaults(launcher):
+  parser = launcher._MeshShapeParser()
+  assert parser.parse('(1,4,2)') == parser.parse('1, 4, 2') == (1, 4, 2)
+  assert parser.parse('(2, -1, 1)') == (2, -1, 1)
+  for bad in ('(1,4)', '1,x,2', '1,2,3,4'):
+    with pytest.raises(ValueError, match='three integers'):
+      parser.parse(bad)
+  assert proxies.default_dtype('cpu') == 'float32'
+  assert proxies.default_dtype('gpu') == proxies.default_dtype('tpu') == 'bfloat16'
+  assert flags.FLAGS['dtype'].default is None and 'bfloat16 on GPU and TPU' in flags.FLAGS['dtype'].help
+  mesh = proxies.local_mesh((2, 2, -1))
+  assert dict(mesh.shape) == {'data': 2, 'fsdp': 2, 'tensor': len(jax.local_devices()) // 4}
+
+
+def test_launcher_score_mode(setup, launcher):
   out_dir = setup['root'] / 'scores'
   flags.FLAGS(
     [
@@ -217,7 +231,14 @@ def test_launcher_score_mode(setup):
   compiles = sampler_lib.compile_count()
   scores = tables.read_table(out_dir / 'scores.parquet')
   columns = tables.label_columns(['neutral', 'happy', 'sad'])
-  assert scores.column_names == ['utt_id', 'prompt_id', *columns, proxies.LABEL_MASS]
+  assert scores.column_names == [
+    'utt_id',
+    'prompt_id',
+    *columns,
+    proxies.LABEL_MASS,
+    proxies.CLIP_POLICY,
+    proxies.WINDOWS,
+  ]
   assert scores.num_rows == len(SECONDS) + 1 and set(tables.column(scores, 'prompt_id')) == {'direct'}
   probs = np.stack([tables.column(scores, c) for c in columns], axis=1)
   np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)

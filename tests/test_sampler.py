@@ -13,12 +13,12 @@ import pytest
 import scipy.stats
 import torch
 import transformers
-from jax.sharding import Mesh
+from jax.sharding import Mesh, PartitionSpec
 from safetensors import numpy as safetensors_numpy
 
-from perax.models import loading
+from perax.models import loading, sharding
 from perax.models.tiny import make_tiny_checkpoint
-from perax.raters import prompts
+from perax.raters import decoding, prompts
 from perax.raters import sampler as sampler_lib
 
 LABELS = ('neutral', 'happy', 'sad', 'angry')
@@ -177,6 +177,29 @@ def test_alone_equals_in_batch_and_sharded(tiny):
   np.testing.assert_array_equal(votes([0, 1, 2, 3], sampler=sharded)[:4], together)
 
 
+def test_sharded_weights_give_the_single_device_votes(tiny):
+  """Weights split by the logical-axis rules over data x fsdp x tensor = 2 x 2 x 2 virtual devices."""
+  mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2, devices=jax.devices()[:8])
+  sharded = sampler_lib.Sampler(tiny.model, tiny.tokenizer, batch_size=4, mesh=mesh)
+  kernel = sharded._state['language_model']['layers'][0]['mlp']['gate_proj']['kernel'][...]
+  assert kernel.sharding.spec == PartitionSpec('fsdp', 'tensor')  # [embed, mlp], not replicated
+  assert kernel.addressable_shards[0].data.shape == (kernel.shape[0] // 2, kernel.shape[1] // 2)
+  config = _sampling(tiny)
+  rows = [0, 1, 2, 3]
+  audio, prompt_ids, utt_ids = tiny.encode(rows)
+  single = tiny.sampler.sample(audio, prompt_ids, config, seed=3, utt_ids=utt_ids, prompt_id='p')
+  audio, prompt_ids, utt_ids = tiny.encode(rows, sharded)
+  np.testing.assert_array_equal(
+    sharded.sample(audio, prompt_ids, config, seed=3, utt_ids=utt_ids, prompt_id='p'), single
+  )
+  np.testing.assert_allclose(
+    sharded.score(audio, prompt_ids, tiny.label_tokens),
+    tiny.sampler.score(*tiny.encode(rows)[:2], tiny.label_tokens),
+    rtol=1e-5,
+    atol=1e-5,
+  )
+
+
 def test_no_recompilation_after_warm_up(tiny):
   config = _sampling(tiny)
   # A batch's prompt bucket is its longest prompt's: batches of one clip warm up every bucket.
@@ -193,14 +216,14 @@ def test_no_recompilation_after_warm_up(tiny):
 def test_top_k_and_top_p_keep_the_expected_tokens():
   logits = np.log(np.array([[0.5, 0.2, 0.15, 0.1, 0.05], [0.05, 0.1, 0.15, 0.2, 0.5]]))
   config = sampler_lib.SamplingConfig(temperature=1.0, top_k=3)
-  kept = np.isfinite(np.asarray(sampler_lib._filter_logits(logits, config)))
+  kept = np.isfinite(np.asarray(decoding.filter_logits(logits, config)))
   np.testing.assert_array_equal(kept, [[1, 1, 1, 0, 0], [0, 0, 1, 1, 1]])
   # top_p = 0.8: the smallest prefix of the sorted probabilities reaching 0.8 is 0.5+0.2+0.15.
   config = sampler_lib.SamplingConfig(temperature=1.0, top_p=0.8)
-  kept = np.isfinite(np.asarray(sampler_lib._filter_logits(logits, config)))
+  kept = np.isfinite(np.asarray(decoding.filter_logits(logits, config)))
   np.testing.assert_array_equal(kept, [[1, 1, 1, 0, 0], [0, 0, 1, 1, 1]])
   config = sampler_lib.SamplingConfig(temperature=1.0, top_p=0.5)
-  kept = np.isfinite(np.asarray(sampler_lib._filter_logits(logits, config)))
+  kept = np.isfinite(np.asarray(decoding.filter_logits(logits, config)))
   np.testing.assert_array_equal(kept, [[1, 0, 0, 0, 0], [0, 0, 0, 0, 1]])
 
 

@@ -14,6 +14,16 @@ Contract (the sampler relies on it):
   prompt, ``positions = cumsum(attention_mask) - 1``; each decode step then adds one).
 
 The cache is a pytree, so it passes through ``jax.jit`` and ``lax.while_loop`` and can be donated.
+
+Shared-prefix decoding (:func:`shared_prefix_cache`): when ``R`` rows continue the same prompt (the K
+votes of a clip, the C label continuations of score mode), the prompt's keys and values are kept
+ONCE per clip and each row gets a small suffix of its own. The cache is then a :class:`KVCache`
+whose per-layer ``keys[l]`` / ``values[l]`` are :class:`SharedPrefixLayer` entries, and whose
+``mask`` ``[B * R, T]`` and ``index`` describe the suffix slots (row ``b * R + r`` continues clip
+``b``). The decoder's attention reads [the clip's prefix ; the row's own suffix] with one exact
+softmax over both parts (perax.models.qwen2.shared_prefix_attention); new tokens are written to the
+suffix only. A query at suffix slot ``s`` attends every valid prefix slot and the valid suffix slots
+``<= s``.
 """
 
 from __future__ import annotations
@@ -48,6 +58,58 @@ class KVCache:
   @property
   def batch_size(self) -> int:
     return self.mask.shape[0]
+
+
+@struct.dataclass
+class SharedPrefixLayer:
+  """One decoder layer's keys (or values) for rows that continue a shared prompt.
+
+  Attributes:
+    prefix: ``[B, P, KV, D]``, one copy per clip of the prompt's keys (or values); read-only while
+      decoding.
+    prefix_mask: ``[B, P]`` bool, the prompt's valid (non-padding) slots.
+    suffix: ``[B * R, T, KV, D]``, each row's own tokens; row ``b * R + r`` continues clip ``b``.
+  """
+
+  prefix: jax.Array
+  prefix_mask: jax.Array
+  suffix: jax.Array
+
+  @property
+  def rows_per_prefix(self) -> int:
+    return self.suffix.shape[0] // self.prefix.shape[0]
+
+
+# Logical axes (perax.models.sharding) of cache arrays: keys/values [B, S, KV, D], masks [B, S].
+KV_AXES = ('batch', 'cache_length', 'kv_heads', 'head_dim')
+MASK_AXES = ('batch', 'cache_length')
+
+
+def shared_prefix_cache(prefix: KVCache, rows_per_prefix: int, suffix_len: int) -> KVCache:
+  """A cache for ``rows_per_prefix`` continuations of each row of a prefilled ``prefix`` cache.
+
+  Args:
+    prefix: a cache holding the prompts (``[B, P]`` slots; every slot past ``prefix.index`` unused).
+    rows_per_prefix: R, continuations per prompt.
+    suffix_len: T, suffix slots per continuation (tokens it may add).
+
+  Returns:
+    A :class:`KVCache` with :class:`SharedPrefixLayer` entries (module docstring): ``mask``
+    ``[B * R, T]`` all False and ``index`` 0 (suffix slots). The prefix arrays are shared, never
+    repeated: suffix memory is ``R * T / P`` times one prompt copy.
+  """
+  rows = prefix.batch_size * rows_per_prefix
+
+  def layer(prompt: jax.Array) -> SharedPrefixLayer:
+    suffix = jnp.zeros((rows, suffix_len) + prompt.shape[2:], prompt.dtype)
+    return SharedPrefixLayer(prefix=prompt, prefix_mask=prefix.mask, suffix=suffix)
+
+  return KVCache(
+    keys=tuple(map(layer, prefix.keys)),
+    values=tuple(map(layer, prefix.values)),
+    mask=jnp.zeros((rows, suffix_len), jnp.bool_),
+    index=jnp.zeros((), jnp.int32),
+  )
 
 
 def init_cache(config: Qwen2AudioConfig, batch: int, max_len: int, dtype: jnp.dtype = jnp.float32) -> KVCache:

@@ -11,11 +11,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from perax.models.cache import SharedPrefixLayer
 from perax.models.config import TextConfig
 from perax.models.layers import Embed, Linear, RMSNorm, apply_rope, dot_product_attention
 
-# One layer's cache entry: keys and values, each [B, max_len, KV, D].
-LayerCache = tuple[jax.Array, jax.Array]
+# One layer's cache entry: keys and values, each [B, max_len, KV, D] (or, for rows continuing a
+# shared prompt, each a perax.models.cache.SharedPrefixLayer).
+LayerCache = tuple[jax.Array, jax.Array] | tuple[SharedPrefixLayer, SharedPrefixLayer]
 
 
 def attention_mask_for(
@@ -99,6 +101,17 @@ class Qwen2Attention(nnx.Module):
     query = apply_rope(self.q_proj(x), positions, theta)
     key = apply_rope(self.k_proj(x), positions, theta)
     value = self.v_proj(x)
+    if cache is not None and isinstance(cache[0], SharedPrefixLayer):
+      keys, values = cache
+      start = (0, index, 0, 0)
+      keys = keys.replace(
+        suffix=jax.lax.dynamic_update_slice(keys.suffix, key.astype(keys.suffix.dtype), start)
+      )
+      values = values.replace(
+        suffix=jax.lax.dynamic_update_slice(values.suffix, value.astype(values.suffix.dtype), start)
+      )
+      out = shared_prefix_attention(query, keys, values, attend, scale=self.config.head_dim**-0.5)
+      return self.o_proj(out), (keys, values)
     if cache is not None:
       cached_keys, cached_values = cache
       start = (0, index, 0, 0)
@@ -115,6 +128,63 @@ class Qwen2Attention(nnx.Module):
       implementation=self.attention_implementation,
     )
     return self.o_proj(out), cache
+
+
+def shared_prefix_attention(
+  query: jax.Array,
+  keys: SharedPrefixLayer,
+  values: SharedPrefixLayer,
+  suffix_attend: jax.Array,
+  scale: float,
+) -> jax.Array:
+  """Exact attention over [the clip's shared prefix ; the row's own suffix], one softmax for both.
+
+  The ``R`` rows continuing clip ``b`` read one copy of its prefix: their queries are stacked into
+  ``R * L`` queries against ``[P]`` prefix keys (one matmul per clip, no repeated prefix), and each row
+  reads its own ``[T]`` suffix keys. The two score blocks share one maximum and one denominator, so the
+  result is the softmax over the concatenated keys (a two-part log-sum-exp merge). Scores and softmax
+  are float32; the probabilities are cast to the values' dtype before the value products, as in
+  perax.models.layers.dot_product_attention.
+
+  Args:
+    query: ``[B * R, L, N, D]`` (row ``b * R + r`` continues clip ``b``).
+    keys: prefix ``[B, P, K, D]`` (post-RoPE), prefix_mask ``[B, P]``, suffix ``[B * R, T, K, D]``
+      with the new tokens already written; N is a multiple of K (HF's ``repeat_kv`` order).
+    values: as ``keys``.
+    suffix_attend: ``[B * R, L, T]`` bool, which suffix slots each query may read (every valid prefix
+      slot is readable: the suffix follows the prompt).
+    scale: multiplies the scores.
+
+  Returns:
+    ``[B * R, L, N, D]`` in the values' dtype. A query with no readable key gets zeros.
+  """
+  rows, length, heads, depth = query.shape
+  batch, _, kv_heads, _ = keys.prefix.shape
+  per_prefix, groups = rows // batch, heads // kv_heads
+  grouped = query.reshape(batch, per_prefix, length, kv_heads, groups, depth)
+  suffix_keys = keys.suffix.reshape(batch, per_prefix, -1, kv_heads, depth)
+  suffix_values = values.suffix.reshape(batch, per_prefix, -1, kv_heads, depth)
+  f32 = jnp.float32
+  prefix_scores = jnp.einsum(
+    'brlkgd,bpkd->bkgrlp', grouped, keys.prefix.astype(query.dtype), preferred_element_type=f32
+  )
+  suffix_scores = jnp.einsum(
+    'brlkgd,brtkd->bkgrlt', grouped, suffix_keys.astype(query.dtype), preferred_element_type=f32
+  )
+  prefix_ok = keys.prefix_mask[:, None, None, None, None, :]
+  suffix_ok = suffix_attend.reshape(batch, per_prefix, length, -1)[:, None, None]
+  lowest = jnp.finfo(f32).min
+  prefix_scores = jnp.where(prefix_ok, prefix_scores * scale, lowest)
+  suffix_scores = jnp.where(suffix_ok, suffix_scores * scale, lowest)
+  peak = jnp.maximum(prefix_scores.max(-1, keepdims=True), suffix_scores.max(-1, keepdims=True))
+  prefix_weights = jnp.where(prefix_ok, jnp.exp(prefix_scores - peak), 0.0)
+  suffix_weights = jnp.where(suffix_ok, jnp.exp(suffix_scores - peak), 0.0)
+  total = prefix_weights.sum(-1, keepdims=True) + suffix_weights.sum(-1, keepdims=True)
+  total = jnp.where(total > 0, total, 1.0)
+  dtype = values.suffix.dtype
+  out = jnp.einsum('bkgrlp,bpkd->brlkgd', (prefix_weights / total).astype(dtype), values.prefix)
+  out = out + jnp.einsum('bkgrlt,brtkd->brlkgd', (suffix_weights / total).astype(dtype), suffix_values)
+  return out.reshape(rows, length, heads, depth)
 
 
 class Qwen2MLP(nnx.Module):

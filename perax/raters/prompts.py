@@ -33,6 +33,7 @@ import numpy as np
 
 from perax.configs import config_path
 from perax.core.errors import InputError
+from perax.models.audio_encoder import audio_token_lengths
 
 DEFAULT_CONFIG = config_path(os.path.join('prompts', 'default.json'))
 LABEL_SEPARATOR = ', '
@@ -157,10 +158,9 @@ def num_audio_tokens(feature_lengths: np.ndarray) -> np.ndarray:
     feature_lengths: [B] valid frames per clip (``feature_attention_mask.sum(-1)``).
 
   Returns:
-    [B] int32: the conv stem's stride 2 then the encoder's average pooling by 2.
+    [B] int32, perax.models.audio_encoder.audio_token_lengths (the one home of the count).
   """
-  after_conv = (np.asarray(feature_lengths, np.int64) - 1) // 2 + 1
-  return ((after_conv - 2) // 2 + 1).astype(np.int32)
+  return np.asarray(audio_token_lengths(np.asarray(feature_lengths, np.int64)), np.int32)
 
 
 class PromptEncoder:
@@ -180,15 +180,26 @@ class PromptEncoder:
     """[L] int32 ids of ``chat_text`` with its one ``<|AUDIO|>`` expanded to ``n_audio_tokens``.
 
     Raises:
-      ValueError: the text does not hold exactly one audio placeholder.
+      InputError: the text does not hold exactly one audio placeholder, or ``n_audio_tokens`` is
+        below 1 (a clip too short to give an audio token); the item names the prompt text.
     """
+    if int(n_audio_tokens) < 1:
+      raise InputError(f'a clip needs at least one audio token, got {n_audio_tokens}', item=_shown(chat_text))
     base = self._ids_by_text.get(chat_text)
     if base is None:
       base = np.asarray(self.tokenizer(chat_text, add_special_tokens=False)['input_ids'], np.int32)
       count = int(np.sum(base == self.audio_token_id))
       if count != 1:
-        raise ValueError(f'a prompt must hold exactly one {AUDIO_TOKEN}, found {count}: {chat_text!r}')
+        raise InputError(
+          f'a prompt must hold exactly one {AUDIO_TOKEN}, found {count}', item=_shown(chat_text)
+        )
       self._ids_by_text[chat_text] = base
     at = int(np.flatnonzero(base == self.audio_token_id)[0])
     audio = np.full(n_audio_tokens, self.audio_token_id, np.int32)
     return np.concatenate([base[:at], audio, base[at + 1 :]])
+
+
+def _shown(text: str, limit: int = 80) -> str:
+  """A prompt text for an error message: one line, at most ``limit`` characters."""
+  flat = text.replace('\n', '\\n')
+  return flat if len(flat) <= limit else flat[: limit - 3] + '...'
