@@ -45,6 +45,7 @@ def load_model(
   *,
   mesh: Mesh | None = None,
   rules: sharding_lib.Rules = sharding_lib.LOGICAL_AXIS_RULES,
+  attention_impl: str | None = None,
   with_processor: bool = True,
 ) -> tuple[Qwen2AudioForConditionalGeneration, Qwen2AudioConfig, Any]:
   """Builds the model with its weights.
@@ -56,6 +57,8 @@ def load_model(
     param_dtype: parameter dtype; defaults to ``dtype``.
     mesh: place parameters sharded over this mesh by ``rules``; default: the first device.
     rules: logical-axis rules (perax.models.sharding).
+    attention_impl: overrides the config's attention implementation
+      (perax.models.config.ATTENTION_IMPLS); None keeps config.json's (default 'einsum').
     with_processor: also load the processor (else None is returned in its place).
 
   Returns:
@@ -70,6 +73,8 @@ def load_model(
   dtype = getattr(jnp, jnp.dtype(dtype).name)
   param_dtype = jnp.dtype(dtype if param_dtype is None else param_dtype)
   _, config = convert.read_hf_config(path)
+  if attention_impl is not None:
+    config = dataclasses.replace(config, attention_impl=attention_impl)
   shardings_of = _shardings(config, mesh, rules)
   if (path / convert.PERAX_JSON).is_file():
     values = _restore_converted(path, config, param_dtype, shardings_of)

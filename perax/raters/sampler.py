@@ -401,14 +401,14 @@ def _prefill(model, model_config, embeds, valid, ids, mask, room: int):
   inputs_embeds = model.merge_audio(ids, embeds, valid)
   positions = jnp.maximum(jnp.cumsum(mask, axis=1, dtype=jnp.int32) - 1, 0)
   cache = kv_cache.init_cache(model_config, batch, length + room, inputs_embeds.dtype)
-  logits, cache = model(
+  out = model(
     inputs_embeds=inputs_embeds,
     positions=positions,
     attention_mask=mask,
     cache=cache,
     logits_at=jnp.full((batch, 1), length - 1, jnp.int32),
   )
-  return logits[:, 0], cache, positions[:, -1]
+  return out.logits[:, 0], out.cache, positions[:, -1]
 
 
 def _repeat_rows(cache: kv_cache.KVCache, times: int) -> kv_cache.KVCache:
@@ -520,11 +520,11 @@ def _sample(
     step, tokens, done, node, cache = carry
     previous = jnp.maximum(tokens[:, step - 1], 0)[:, None]
     positions = (last_position + step)[:, None]
-    logits, cache = model(
+    out = model(
       input_ids=previous, positions=positions, attention_mask=jnp.ones((rows, 1), bool), cache=cache
     )
-    token, node, done = pick(step, logits[:, -1].astype(jnp.float32), node, done)
-    return step + 1, tokens.at[:, step].set(token), done, node, cache
+    token, node, done = pick(step, out.logits[:, -1].astype(jnp.float32), node, done)
+    return step + 1, tokens.at[:, step].set(token), done, node, out.cache
 
   _, tokens, _, _, _ = jax.lax.while_loop(cond, body, (1, tokens, done, node, cache))
   return tokens
@@ -541,7 +541,7 @@ def _score(graphdef, model_config, state, embeds, valid, ids, mask, label_ids, l
   continuation = jnp.tile(label_ids, (batch, 1))
   valid_tokens = jnp.arange(width)[None, :] < jnp.tile(label_lengths, batch)[:, None]
   positions = jnp.repeat(last_position, labels)[:, None] + 1 + jnp.arange(width)[None, :]
-  logits, _ = model(input_ids=continuation, positions=positions, attention_mask=valid_tokens, cache=cache)
+  logits = model(input_ids=continuation, positions=positions, attention_mask=valid_tokens, cache=cache).logits
   # Token t of a label is predicted by the prompt's last logits (t = 0) or the label's token t - 1.
   predicting = jnp.concatenate(
     [jnp.repeat(last_logits, labels, axis=0)[:, None], logits[:, :-1].astype(jnp.float32)], axis=1
