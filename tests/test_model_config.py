@@ -16,6 +16,7 @@ from perax.models import config as config_lib
 from perax.models import convert, layers, tiny
 from perax.models.qwen2_audio import Qwen2AudioForConditionalGeneration, Qwen2AudioOutput
 from perax.train import config as train_config
+from perax.train import model as train_model
 
 TINY_AUDIO = dict(
   d_model=8, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=16, max_source_positions=16
@@ -134,3 +135,17 @@ def test_unknown_model_class_is_an_input_error(tmp_path, change, message):
   with pytest.raises(InputError, match=message) as caught:
     convert.read_hf_config(tmp_path)
   assert str(tmp_path / 'config.json') in str(caught.value)
+
+
+def test_training_config_field_reaches_every_attention_layer(tmp_path):
+  checkpoint = tiny.make_tiny_checkpoint(tmp_path / 'tiny', seed=3)
+  config = train_config.default_config()
+  config.model.attention_impl = 'xla'
+  model, backbone_config, _, _ = train_model.build_model(
+    checkpoint,
+    train_model.ModelOptions(num_classes=4),
+    compute_dtype='float32',
+    attention_impl=config.model.attention_impl,
+  )
+  assert backbone_config.attention_impl == 'xla'
+  assert attention_impls(model.backbone) == {'xla'}
