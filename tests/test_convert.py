@@ -112,8 +112,12 @@ def test_converted_directory_round_trips_and_loads_the_processor(hf_dir, referen
   assert loaded.keys() == reference[0].keys()
   for name, value in reference[0].items():
     np.testing.assert_array_equal(loaded[name], value, err_msg=name)
-  with pytest.raises(FileExistsError):
+  with pytest.raises(InputError, match=r'exists and is not empty \(chat_template.jinja, .*pass --overwrite'):
     convert.convert_checkpoint(hf_dir, out, progress=False)
+  assert json.loads((out / 'perax.json').read_text()) == info  # left as it was
+  convert.convert_checkpoint(hf_dir, out, dtype='bfloat16', progress=False, overwrite=True)
+  assert json.loads((out / 'perax.json').read_text())['dtype'] == 'bfloat16'
+  assert {path.name for path in out.iterdir()} == names  # replaced, nothing left over
 
 
 def test_relative_paths_convert_and_load(hf_dir, reference, tmp_path, monkeypatch):
@@ -255,15 +259,17 @@ def test_sharded_loading_places_parameters_by_logical_axes(hf_dir, reference, tm
   assert sharding.partition_spec(('embed', 'embed'), (4, 4), mesh) == PartitionSpec('fsdp', None)
   assert sharding.partition_spec(('batch', 'vocab'), (6, 3), mesh) == PartitionSpec('data', None)
   ids = jnp.arange(12, dtype=jnp.int32).reshape(2, 6)
-  sharded_logits, _ = nnx.jit(lambda m, x: m(x))(model, ids)
+  sharded_logits = nnx.jit(lambda m, x: m(x).logits)(model, ids)
   plain, _, _ = loading.load_model(hf_dir, with_processor=False)
-  plain_logits, _ = plain(ids)
+  plain_logits = plain(ids).logits
   np.testing.assert_allclose(np.asarray(sharded_logits), np.asarray(plain_logits), rtol=0, atol=1e-5)
   assert len(jax.devices()) == 8
 
 
 def test_launcher_converts(hf_dir, tmp_path):
   out = tmp_path / 'launched'
+  out.mkdir()
+  (out / 'old.txt').write_text('an earlier run')
   result = subprocess.run(
     [
       sys.executable,
@@ -271,6 +277,7 @@ def test_launcher_converts(hf_dir, tmp_path):
       f'--hf_dir={hf_dir}',
       f'--out_dir={out}',
       '--dtype=bfloat16',
+      '--overwrite',
     ],
     capture_output=True,
     text=True,
@@ -279,4 +286,5 @@ def test_launcher_converts(hf_dir, tmp_path):
   )
   assert result.returncode == 0, result.stderr
   assert json.loads((out / 'perax.json').read_text())['dtype'] == 'bfloat16'
+  assert not (out / 'old.txt').exists()
   assert 'convert:' in result.stderr and 'tensors/s' in result.stderr

@@ -17,12 +17,12 @@ import torch
 import transformers
 from flax import nnx
 
+from perax.core.errors import InputError
 from perax.data import audio as audio_lib
 from perax.data import features as features_lib
 from perax.models import cache as cache_lib
 from perax.models import loading, tiny
 from perax.models.audio_encoder import exact_frames
-from perax.models.layers import set_attention_implementation
 
 FP32_TOLERANCE = 1e-4
 CACHE_TOLERANCE = 2e-5
@@ -84,7 +84,7 @@ def prompt_embeds(model, input_ids, features, feature_lengths):
 @nnx.jit
 def decoder_logits(model, embeds, attention_mask):
   """A full forward pass without cache: logits [B, L, V]."""
-  return model(inputs_embeds=embeds, attention_mask=attention_mask)[0]
+  return model(inputs_embeds=embeds, attention_mask=attention_mask).logits
 
 
 def forward(model, input_ids, features, feature_lengths, attention_mask):
@@ -108,21 +108,22 @@ def greedy(model, embeds, attention_mask, steps):
   batch, length = attention_mask.shape
   cache = cache_lib.init_cache(model.config, batch, length + steps, embeds.dtype)
   positions = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0)
-  logits, cache = model(
+  prefill = model(
     inputs_embeds=embeds,
     positions=positions,
     attention_mask=attention_mask,
     cache=cache,
     logits_at=jnp.full((batch, 1), length - 1),
   )
+  logits, cache = prefill.logits, prefill.cache
 
   def step(carry, _):
     step_logits, position, cache = carry
     token = jnp.argmax(step_logits, axis=-1)
-    next_logits, cache = model(
+    out = model(
       token[:, None], positions=position[:, None], attention_mask=jnp.ones((batch, 1), jnp.bool_), cache=cache
     )
-    return (next_logits[:, 0], position + 1, cache), (token, step_logits)
+    return (out.logits[:, 0], position + 1, out.cache), (token, step_logits)
 
   start = (logits[:, 0], positions[:, -1] + 1, cache)
   _, (tokens, step_logits) = jax.lax.scan(step, start, length=steps)
@@ -317,10 +318,10 @@ def test_bfloat16_logits_within_documented_tolerance(base_case):
 
 def test_fused_attention_matches_einsum(base_case):
   case = base_case
-  fused = nnx.clone(case.model)
-  set_attention_implementation(fused, 'xla')
-  assert fused.language_model.layers[0].self_attn.attention_implementation == 'xla'
-  assert fused.audio_tower.layers[0].self_attn.attention_implementation == 'xla'
+  fused, config, _ = loading.load_model(case.path, attention_impl='xla', with_processor=False)
+  assert config.attention_impl == 'xla' and case.config.attention_impl == 'einsum'
+  assert fused.language_model.layers[0].self_attn.attention_impl == 'xla'
+  assert fused.audio_tower.layers[0].self_attn.attention_impl == 'xla'
   clips = [synthetic_clip(0.6, seed=8), synthetic_clip(1.9, seed=9)]
   batch = hf_inputs(case.processor, clips, padding_side='left')
   features, lengths = features_lib.batch_features(clips, bucket_seconds=4)
@@ -328,11 +329,11 @@ def test_fused_attention_matches_einsum(base_case):
   mask = np.asarray(args[-1])
   expected = np.asarray(forward(case.model, *args))[mask]
   np.testing.assert_allclose(np.asarray(forward(fused, *args))[mask], expected, rtol=0, atol=1e-5)
-  with pytest.raises(ValueError, match='attention implementation'):
-    set_attention_implementation(fused, 'flash')
+  with pytest.raises(InputError, match='attention_impl must be one of'):
+    loading.load_model(case.path, attention_impl='flash', with_processor=False)
 
 
-def test_return_hidden_gives_hf_final_normed_states(base_case):
+def test_output_hidden_states_are_hf_final_normed_states(base_case):
   case = base_case
   captured = []
   hook = case.hf.model.language_model.norm.register_forward_hook(
@@ -345,7 +346,8 @@ def test_return_hidden_gives_hf_final_normed_states(base_case):
     hook.remove()
   ids, features, lengths, _mask = perax_args(case.inputs)
   embeds = prompt_embeds(case.model, ids, features, lengths)
-  logits, cache, hidden = nnx.jit(lambda m, e: m(inputs_embeds=e, return_hidden=True))(case.model, embeds)
+  out = nnx.jit(lambda m, e: m(inputs_embeds=e))(case.model, embeds)
+  logits, cache, hidden = out.logits, out.cache, out.hidden_states
   assert cache is None and hidden.shape == (*ids.shape, case.config.text.hidden_size)
   np.testing.assert_allclose(np.asarray(hidden), captured[0], rtol=0, atol=FP32_TOLERANCE)
   np.testing.assert_allclose(np.asarray(logits), case.hf_logits, rtol=0, atol=FP32_TOLERANCE)

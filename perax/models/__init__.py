@@ -1,13 +1,16 @@
 """Qwen2-Audio in Flax NNX and its Hugging Face checkpoint conversion.
 
 config        Qwen2AudioConfig.from_hf_dict(config.json)
-qwen2_audio   Qwen2AudioForConditionalGeneration: encode_audio, merge_audio, __call__
+qwen2_audio   Qwen2AudioForConditionalGeneration: encode_audio, merge_audio, __call__ -> Qwen2AudioOutput
 audio_encoder the Whisper-style encoder, valid-token arithmetic, bucket exactness
 qwen2         the decoder and its attention masks
 cache         KVCache contract and init_cache
 layers        shared blocks (Linear, norms, RoPE, attention)
 sharding      logical-axis rules and NamedShardings
-convert       HF safetensors -> perax parameters (one name table), Orbax output
-loading       load_model(path) from a converted or an HF directory
+names         the one HF <-> perax parameter name table and its transforms
+convert       HF safetensors -> perax parameters, checked from headers, streamed tensor by tensor
+store         the converted directory: locked streaming writes (Orbax partial saves), checked restores
+tokenizer_files  processor files a checkpoint needs; the <|AUDIO|> id check against config.json
+loading       load_model(path, mesh= | shardings=) from a converted or an HF directory
 tiny          tiny random HF checkpoints for tests
 """

@@ -48,7 +48,9 @@ def audio_token_lengths(feature_lengths: jax.Array) -> jax.Array:
 class Qwen2AudioAttention(nnx.Module):
   """Bidirectional multi-head self-attention; k_proj has no bias; queries are pre-scaled (as HF)."""
 
-  def __init__(self, config: AudioEncoderConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+  def __init__(
+    self, config: AudioEncoderConfig, *, attention_impl: str = 'einsum', dtype, param_dtype, rngs: nnx.Rngs
+  ):
     heads, head_dim = config.encoder_attention_heads, config.head_dim
     common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     in_proj = dict(
@@ -59,7 +61,7 @@ class Qwen2AudioAttention(nnx.Module):
       **common,
     )
     self.scale = head_dim**-0.5
-    self.attention_implementation = 'einsum'
+    self.attention_impl = attention_impl
     self.q_proj = Linear(use_bias=True, **in_proj)
     self.k_proj = Linear(use_bias=False, **in_proj)
     self.v_proj = Linear(use_bias=True, **in_proj)
@@ -81,7 +83,7 @@ class Qwen2AudioAttention(nnx.Module):
       self.v_proj(x),
       key_valid[:, None, :],
       scale=1.0,
-      implementation=self.attention_implementation,
+      implementation=self.attention_impl,
     )
     return self.out_proj(out)
 
@@ -89,11 +91,13 @@ class Qwen2AudioAttention(nnx.Module):
 class Qwen2AudioEncoderLayer(nnx.Module):
   """Pre-LN transformer layer: self-attention and a GELU feed-forward block, each residual."""
 
-  def __init__(self, config: AudioEncoderConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+  def __init__(
+    self, config: AudioEncoderConfig, *, attention_impl: str = 'einsum', dtype, param_dtype, rngs: nnx.Rngs
+  ):
     norm = dict(eps=AUDIO_LAYER_NORM_EPS, axis_name='norm', dtype=dtype, param_dtype=param_dtype)
     common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.self_attn_layer_norm = LayerNorm(config.d_model, **norm)
-    self.self_attn = Qwen2AudioAttention(config, **common)
+    self.self_attn = Qwen2AudioAttention(config, attention_impl=attention_impl, **common)
     self.final_layer_norm = LayerNorm(config.d_model, **norm)
     self.fc1 = Linear(
       config.d_model,
@@ -127,7 +131,13 @@ class Qwen2AudioEncoder(nnx.Module):
   """
 
   def __init__(
-    self, config: AudioEncoderConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs
+    self,
+    config: AudioEncoderConfig,
+    *,
+    attention_impl: str = 'einsum',
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    rngs: nnx.Rngs,
   ):
     self.config = config
     self.dtype = dtype
@@ -156,7 +166,12 @@ class Qwen2AudioEncoder(nnx.Module):
       jnp.asarray(sinusoids(config.max_source_positions, config.d_model), param_dtype),
       logical_axes=('audio_positions', 'audio_embed'),
     )
-    self.layers = nnx.List([Qwen2AudioEncoderLayer(config, **common) for _ in range(config.encoder_layers)])
+    self.layers = nnx.List(
+      [
+        Qwen2AudioEncoderLayer(config, attention_impl=attention_impl, **common)
+        for _ in range(config.encoder_layers)
+      ]
+    )
     self.layer_norm = LayerNorm(
       config.d_model, eps=AUDIO_LAYER_NORM_EPS, axis_name='norm', dtype=dtype, param_dtype=param_dtype
     )

@@ -16,6 +16,14 @@ from typing import Any
 from perax.core.errors import InputError
 
 MODEL_TYPE = 'qwen2_audio'
+# The model class perax builds; a config.json whose ``architectures`` names another one is refused.
+ARCHITECTURE = 'Qwen2AudioForConditionalGeneration'
+# How attention is computed (perax.models.layers.dot_product_attention): 'einsum' (perax's own
+# einsums, the reference), 'xla' or 'cudnn' (``jax.nn.dot_product_attention``; 'cudnn' is the fused
+# kernel on NVIDIA GPUs and needs half-precision inputs).
+ATTENTION_IMPLS = ('einsum', 'xla', 'cudnn')
+# config.json key perax reads the attention implementation from (not an HF key).
+ATTENTION_IMPL_KEY = 'perax_attention_impl'
 # torch.nn.LayerNorm's default epsilon, which HF's Whisper-style audio encoder uses everywhere.
 AUDIO_LAYER_NORM_EPS = 1e-5
 
@@ -100,12 +108,20 @@ class Qwen2AudioConfig:
     tie_word_embeddings: lm_head shares embed_tokens' matrix (no ``lm_head.weight`` in the
       checkpoint). HF's Qwen2AudioForConditionalGeneration always keeps a separate lm_head, so the
       converter decides this from the checkpoint's tensors, not from the flag in config.json.
+    attention_impl: one of :data:`ATTENTION_IMPLS`, used by every attention layer (encoder and
+      decoder). Read from config.json's ``perax_attention_impl`` when present; callers override it
+      with ``dataclasses.replace`` or perax.models.loading.load_model(attention_impl=...).
   """
 
   audio: AudioEncoderConfig
   text: TextConfig
   audio_token_id: int = 151646
   tie_word_embeddings: bool = False
+  attention_impl: str = 'einsum'
+
+  def __post_init__(self):
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise InputError(f'attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}')
 
   @classmethod
   def from_hf_dict(cls, config: Mapping[str, Any], path: os.PathLike | str | None = None) -> Qwen2AudioConfig:
@@ -123,7 +139,14 @@ class Qwen2AudioConfig:
       return InputError(message, path=path)
 
     if config.get('model_type') != MODEL_TYPE:
-      raise fail(f'model_type is {config.get("model_type")!r}, expected {MODEL_TYPE!r}')
+      raise fail(
+        f'model_type is {config.get("model_type")!r}: perax implements only {MODEL_TYPE!r} ({ARCHITECTURE})'
+      )
+    architectures = config.get('architectures') or [ARCHITECTURE]
+    if ARCHITECTURE not in architectures:
+      raise fail(
+        f'architectures {architectures} do not include {ARCHITECTURE!r}, the only model class perax builds'
+      )
     audio_dict = dict(config.get('audio_config') or {})
     text_dict = dict(config.get('text_config') or {})
 
@@ -173,4 +196,13 @@ class Qwen2AudioConfig:
     if audio_token_id is None:
       audio_token_id = cls.audio_token_id
     tie = text_dict.get('tie_word_embeddings', config.get('tie_word_embeddings', False))
-    return cls(audio=audio, text=text, audio_token_id=int(audio_token_id), tie_word_embeddings=bool(tie))
+    attention_impl = config.get(ATTENTION_IMPL_KEY, cls.attention_impl)
+    if attention_impl not in ATTENTION_IMPLS:
+      raise fail(f'{ATTENTION_IMPL_KEY} must be one of {ATTENTION_IMPLS}, got {attention_impl!r}')
+    return cls(
+      audio=audio,
+      text=text,
+      audio_token_id=int(audio_token_id),
+      tie_word_embeddings=bool(tie),
+      attention_impl=attention_impl,
+    )

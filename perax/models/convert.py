@@ -1,54 +1,66 @@
 """Hugging Face Qwen2-Audio checkpoints -> perax parameters, tensor by tensor.
 
 Weights are read with ``safetensors.safe_open(framework='numpy')`` from ``model.safetensors`` or the
-shards listed in ``model.safetensors.index.json``: no torch, no pickles, no remote code. Each tensor
-is read, checked against the expected shape (before reading its data), transformed and cast to the
-target dtype in one step, so host memory stays near the size of the output.
+shards listed in ``model.safetensors.index.json``: no torch, no pickles, no remote code. A plan
+(:func:`plan_conversion`) first checks every tensor's name and shape from the file headers alone;
+then each tensor is read (its file opened for it alone, so no mapping of the input stays resident),
+transformed and cast to the target dtype in one step, and handed on before the next is read.
+A truncated or garbage safetensors file is an InputError naming it.
 
-Names go through one table, :data:`RULES`: an HF name pattern, the perax parameter path (a path in
-``nnx.state(Qwen2AudioForConditionalGeneration)``, dot-joined) and a transform hook (Linear weights
-``[out, in]`` are transposed and reshaped to ``[in..., out...]``, Conv1d ``[out, in, width]``
-becomes ``[width, in, out]``). Checkpoints name tensors in one of two layouts; the older one (the
-released Qwen2-Audio checkpoints, and what transformers 5 ``save_pretrained`` writes) is first
-rewritten to the newer one (transformers 5's module tree) by :data:`LEGACY_PREFIXES`.
+Names go through one table, perax.models.names.RULES (re-exported here with its helpers).
 
-The converted directory (:func:`convert_checkpoint`) holds:
+The converted directory (:func:`convert_checkpoint`, format in perax.models.store) holds:
 
-- ``state/``: an Orbax checkpoint of a nested dict of arrays keyed by perax parameter path;
+- ``state/``: an Orbax checkpoint of a nested dict of arrays keyed by perax parameter path, written
+  by streaming (at most about 1.5x the output size of memory above the converter's baseline);
 - ``config.json``: the HF config, with ``tie_word_embeddings`` set to what the weights say;
-- the tokenizer and processor files copied from the HF directory (:data:`PROCESSOR_FILES`);
+- the tokenizer and processor files copied from the HF directory (:data:`PROCESSOR_FILES`), which
+  must be present (perax.models.tokenizer_files);
 - ``perax.json``: format and perax versions, parameter dtype, source directory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.metadata
 import json
 import math
 import os
 import pathlib
-import re
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
+from perax.core import jsonio
 from perax.core.errors import InputError
 from perax.core.progress import Progress
+from perax.models import store, tokenizer_files
 from perax.models.config import Qwen2AudioConfig
+from perax.models.names import (  # noqa: F401 (re-exported: the name table's public API)
+  CONV1D,
+  COPY,
+  EMBED_TOKENS,
+  FLAT,
+  LEGACY_PREFIXES,
+  LINEAR,
+  LINEAR_FROM_HEADS,
+  LM_HEAD,
+  RULES,
+  Transform,
+  canonical_name,
+  hf_name,
+  hf_shape,
+  perax_path,
+)
 from perax.models.qwen2_audio import Qwen2AudioForConditionalGeneration
+from perax.models.store import FORMAT, FORMAT_VERSION, PERAX_JSON, STATE_DIR, flatten, nest  # noqa: F401
 
-FORMAT = 'perax-qwen2-audio'
-FORMAT_VERSION = 1
-STATE_DIR = 'state'
-PERAX_JSON = 'perax.json'
 SINGLE_FILE = 'model.safetensors'
 INDEX_FILE = 'model.safetensors.index.json'
 # Tokenizer, processor and generation files copied next to the converted weights, where present.
@@ -66,188 +78,6 @@ PROCESSOR_FILES = (
   'chat_template.jinja',
 )
 
-# Older checkpoint names -> transformers 5 names, applied once to a name's prefix.
-LEGACY_PREFIXES = (
-  ('audio_tower.', 'model.audio_tower.'),
-  ('multi_modal_projector.', 'model.multi_modal_projector.'),
-  ('language_model.model.', 'model.language_model.'),
-  ('language_model.lm_head.', 'lm_head.'),
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class Transform:
-  """How one HF tensor becomes one perax parameter.
-
-  Attributes:
-    name: shown in errors.
-    hf_shape: perax parameter shape -> the HF tensor shape it needs.
-    apply: (HF array, perax shape, dtype) -> C-contiguous array of that shape and dtype.
-  """
-
-  name: str
-  hf_shape: Callable[[tuple[int, ...]], tuple[int, ...]]
-  apply: Callable[[np.ndarray, tuple[int, ...], Any], np.ndarray]
-
-
-def _linear(in_dims: int) -> Transform:
-  """Linear weight ``[out, in]`` -> kernel ``[*in_shape, *out_shape]`` whose first in_dims dims are
-  the input (e.g. o_proj ``[hidden, heads * head_dim]`` -> ``[heads, head_dim, hidden]``)."""
-  return Transform(
-    name=f'linear (transpose, {in_dims} input dims)',
-    hf_shape=lambda shape: (math.prod(shape[in_dims:]), math.prod(shape[:in_dims])),
-    apply=lambda array, shape, dtype: np.ascontiguousarray(array.T, dtype=dtype).reshape(shape),
-  )
-
-
-COPY = Transform(
-  'copy', lambda shape: shape, lambda array, shape, dtype: np.ascontiguousarray(array, dtype=dtype)
-)
-FLAT = Transform(
-  'reshape flat vector',
-  lambda shape: (math.prod(shape),),
-  lambda array, shape, dtype: np.ascontiguousarray(array, dtype=dtype).reshape(shape),
-)
-LINEAR = _linear(1)
-LINEAR_FROM_HEADS = _linear(2)
-CONV1D = Transform(
-  'conv1d [out, in, width] -> [width, in, out]',
-  lambda shape: (shape[2], shape[1], shape[0]),
-  lambda array, shape, dtype: np.ascontiguousarray(array.transpose(2, 1, 0), dtype=dtype),
-)
-
-_AUDIO = 'model.audio_tower.'
-_AUDIO_LAYER = _AUDIO + 'layers.{i}.'
-_TEXT = 'model.language_model.'
-_TEXT_LAYER = _TEXT + 'layers.{i}.'
-# (HF name, perax path, transform). ``{x}`` matches digits, ``{x:a|b}`` one of the alternatives;
-# the perax path reuses the placeholders.
-RULES = (
-  (_AUDIO + 'conv{n:1|2}.weight', 'audio_tower.conv{n}.kernel', CONV1D),
-  (_AUDIO + 'conv{n:1|2}.bias', 'audio_tower.conv{n}.bias', COPY),
-  (_AUDIO + 'embed_positions.weight', 'audio_tower.embed_positions', COPY),
-  (
-    _AUDIO_LAYER + 'self_attn.{p:q|k|v}_proj.weight',
-    'audio_tower.layers.{i}.self_attn.{p}_proj.kernel',
-    LINEAR,
-  ),
-  (_AUDIO_LAYER + 'self_attn.{p:q|v}_proj.bias', 'audio_tower.layers.{i}.self_attn.{p}_proj.bias', FLAT),
-  (
-    _AUDIO_LAYER + 'self_attn.out_proj.weight',
-    'audio_tower.layers.{i}.self_attn.out_proj.kernel',
-    LINEAR_FROM_HEADS,
-  ),
-  (_AUDIO_LAYER + 'self_attn.out_proj.bias', 'audio_tower.layers.{i}.self_attn.out_proj.bias', COPY),
-  (_AUDIO_LAYER + '{m:fc1|fc2}.weight', 'audio_tower.layers.{i}.{m}.kernel', LINEAR),
-  (_AUDIO_LAYER + '{m:fc1|fc2}.bias', 'audio_tower.layers.{i}.{m}.bias', COPY),
-  (
-    _AUDIO_LAYER + '{m:self_attn_layer_norm|final_layer_norm}.weight',
-    'audio_tower.layers.{i}.{m}.scale',
-    COPY,
-  ),
-  (_AUDIO_LAYER + '{m:self_attn_layer_norm|final_layer_norm}.bias', 'audio_tower.layers.{i}.{m}.bias', COPY),
-  (_AUDIO + 'layer_norm.weight', 'audio_tower.layer_norm.scale', COPY),
-  (_AUDIO + 'layer_norm.bias', 'audio_tower.layer_norm.bias', COPY),
-  ('model.multi_modal_projector.linear.weight', 'multi_modal_projector.linear.kernel', LINEAR),
-  ('model.multi_modal_projector.linear.bias', 'multi_modal_projector.linear.bias', COPY),
-  (_TEXT + 'embed_tokens.weight', 'language_model.embed_tokens.embedding', COPY),
-  (
-    _TEXT_LAYER + 'self_attn.{p:q|k|v}_proj.weight',
-    'language_model.layers.{i}.self_attn.{p}_proj.kernel',
-    LINEAR,
-  ),
-  (_TEXT_LAYER + 'self_attn.{p:q|k|v}_proj.bias', 'language_model.layers.{i}.self_attn.{p}_proj.bias', FLAT),
-  (
-    _TEXT_LAYER + 'self_attn.o_proj.weight',
-    'language_model.layers.{i}.self_attn.o_proj.kernel',
-    LINEAR_FROM_HEADS,
-  ),
-  (_TEXT_LAYER + 'mlp.{p:gate|up|down}_proj.weight', 'language_model.layers.{i}.mlp.{p}_proj.kernel', LINEAR),
-  (
-    _TEXT_LAYER + '{m:input_layernorm|post_attention_layernorm}.weight',
-    'language_model.layers.{i}.{m}.scale',
-    COPY,
-  ),
-  (_TEXT + 'norm.weight', 'language_model.norm.scale', COPY),
-  ('lm_head.weight', 'lm_head.kernel', LINEAR),
-)
-EMBED_TOKENS = _TEXT + 'embed_tokens.weight'
-LM_HEAD = 'lm_head.weight'
-
-_PLACEHOLDER = re.compile(r'\{(\w+)(?::([^}]*))?\}')
-
-
-def _compile(template: str, alternatives: Mapping[str, str]) -> re.Pattern:
-  """A template with ``{x}`` / ``{x:a|b}`` placeholders -> an anchored regex with named groups."""
-  parts, end = [], 0
-  for match in _PLACEHOLDER.finditer(template):
-    parts.append(re.escape(template[end : match.start()]))
-    name = match.group(1)
-    parts.append(f'(?P<{name}>{alternatives.get(name) or match.group(2) or r"[0-9]+"})')
-    end = match.end()
-  parts.append(re.escape(template[end:]))
-  return re.compile(''.join(parts) + r'\Z')
-
-
-@dataclasses.dataclass(frozen=True)
-class _Rule:
-  hf: re.Pattern
-  perax: re.Pattern
-  hf_template: str
-  perax_template: str
-  transform: Transform
-
-
-def _build_rules() -> tuple[_Rule, ...]:
-  rules = []
-  for hf_template, perax_template, transform in RULES:
-    alternatives = {m.group(1): m.group(2) for m in _PLACEHOLDER.finditer(hf_template)}
-    rules.append(
-      _Rule(
-        hf=_compile(hf_template, alternatives),
-        perax=_compile(perax_template, alternatives),
-        hf_template=_PLACEHOLDER.sub(r'{\1}', hf_template),
-        perax_template=perax_template,
-        transform=transform,
-      )
-    )
-  return tuple(rules)
-
-
-_RULES = _build_rules()
-
-
-def canonical_name(hf_name: str) -> str:
-  """An HF tensor name in transformers 5's layout (older layouts rewritten by LEGACY_PREFIXES)."""
-  for old, new in LEGACY_PREFIXES:
-    if hf_name.startswith(old):
-      return new + hf_name[len(old) :]
-  return hf_name
-
-
-def perax_path(hf_name: str) -> tuple[str, Transform] | None:
-  """(perax parameter path, transform) for an HF tensor name, or None if no rule matches."""
-  name = canonical_name(hf_name)
-  for rule in _RULES:
-    match = rule.hf.match(name)
-    if match:
-      return rule.perax_template.format(**match.groupdict()), rule.transform
-  return None
-
-
-def _rule_producing(path: str) -> tuple[_Rule, re.Match]:
-  for rule in _RULES:
-    match = rule.perax.match(path)
-    if match:
-      return rule, match
-  raise KeyError(f'no conversion rule produces perax parameter {path!r}')
-
-
-def hf_name(path: str) -> str:
-  """The (transformers 5) HF tensor name that maps to a perax parameter path."""
-  rule, match = _rule_producing(path)
-  return rule.hf_template.format(**match.groupdict())
-
 
 def read_hf_config(hf_dir: os.PathLike | str) -> tuple[dict, Qwen2AudioConfig]:
   """The raw ``config.json`` dict and the parsed config of an HF checkpoint directory."""
@@ -255,10 +85,27 @@ def read_hf_config(hf_dir: os.PathLike | str) -> tuple[dict, Qwen2AudioConfig]:
   if not path.is_file():
     raise InputError('config.json not found', path=path)
   try:
-    raw = json.loads(path.read_text())
+    raw = json.loads(path.read_text(encoding='utf-8'))
   except json.JSONDecodeError as error:
     raise InputError(f'invalid JSON: {error.msg}', path=path, line=error.lineno) from error
+  except (OSError, UnicodeDecodeError) as error:
+    raise InputError(f'unreadable ({error})', path=path) from None
+  if not isinstance(raw, dict):
+    raise InputError(f'expected a JSON object, got {type(raw).__name__}', path=path)
   return raw, Qwen2AudioConfig.from_hf_dict(raw, path=path)
+
+
+@contextlib.contextmanager
+def open_safetensors(file: os.PathLike | str):
+  """``safe_open(file, framework='numpy')`` whose failures (truncated, garbage, unreadable file) are
+  an InputError naming the file."""
+  try:
+    with safe_open(str(file), framework='numpy') as reader:
+      yield reader
+  except (SafetensorError, OSError) as error:
+    raise InputError(
+      f'not a readable safetensors file ({error}); it may be truncated or corrupt', path=file
+    ) from None
 
 
 def tensor_files(hf_dir: os.PathLike | str) -> dict[str, pathlib.Path]:
@@ -267,10 +114,10 @@ def tensor_files(hf_dir: os.PathLike | str) -> dict[str, pathlib.Path]:
   index_path = directory / INDEX_FILE
   if index_path.is_file():
     try:
-      weight_map = json.loads(index_path.read_text())['weight_map']
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-      raise InputError(f'not a safetensors index with a weight_map ({error})', path=index_path) from error
-    files = {name: directory / filename for name, filename in weight_map.items()}
+      weight_map = json.loads(index_path.read_text(encoding='utf-8'))['weight_map']
+      files = {name: directory / filename for name, filename in weight_map.items()}
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as error:
+      raise InputError(f'not a safetensors index with a weight_map ({error})', path=index_path) from None
     for name, path in files.items():
       if not path.is_file():
         raise InputError(
@@ -280,8 +127,12 @@ def tensor_files(hf_dir: os.PathLike | str) -> dict[str, pathlib.Path]:
   single = directory / SINGLE_FILE
   if not single.is_file():
     raise InputError(f'neither {SINGLE_FILE} nor {INDEX_FILE} found', path=directory)
-  with safe_open(str(single), framework='numpy') as reader:
+  with open_safetensors(single) as reader:
     return {name: single for name in reader.keys()}
+
+
+# Rows compared at a time when deciding tying, so two vocabulary-sized matrices are never whole.
+_TYING_ROWS = 4096
 
 
 def _decide_tying(config: Qwen2AudioConfig, files: Mapping[str, pathlib.Path]) -> bool:
@@ -295,12 +146,18 @@ def _decide_tying(config: Qwen2AudioConfig, files: Mapping[str, pathlib.Path]) -
     return True
   if EMBED_TOKENS not in by_canonical:
     return False
-  arrays = []
-  for canonical in (LM_HEAD, EMBED_TOKENS):
-    name = by_canonical[canonical]
-    with safe_open(str(files[name]), framework='numpy') as reader:
-      arrays.append(reader.get_tensor(name))
-  return arrays[0].shape == arrays[1].shape and np.array_equal(arrays[0], arrays[1])
+  head, embed = by_canonical[LM_HEAD], by_canonical[EMBED_TOKENS]
+  with open_safetensors(files[head]) as head_reader, open_safetensors(files[embed]) as embed_reader:
+    head_slice, embed_slice = head_reader.get_slice(head), embed_reader.get_slice(embed)
+    shape = tuple(head_slice.get_shape())
+    if shape != tuple(embed_slice.get_shape()):
+      return False
+    rows = shape[0] if shape else 0
+    for start in range(0, rows, _TYING_ROWS):
+      block = slice(start, min(start + _TYING_ROWS, rows))
+      if not np.array_equal(head_slice[block], embed_slice[block]):
+        return False
+  return True
 
 
 def abstract_model(
@@ -312,48 +169,57 @@ def abstract_model(
   )
 
 
-def read_hf_weights(
-  hf_dir: os.PathLike | str,
-  config: Qwen2AudioConfig,
-  param_dtype,
-  put: Callable[[str, np.ndarray], Any] = lambda path, array: array,
-  progress: bool = False,
-) -> tuple[Qwen2AudioConfig, dict[str, Any]]:
-  """Reads, checks and converts every tensor of an HF checkpoint.
+@dataclasses.dataclass(frozen=True)
+class PlannedTensor:
+  """One HF tensor and the perax parameter it becomes.
 
-  Args:
-    hf_dir: the HF checkpoint directory.
-    config: its parsed config.
-    param_dtype: dtype every parameter is cast to as it is read.
-    put: called once per converted parameter (perax path, numpy array); its result is stored
-      (identity by default; e.g. ``jax.device_put`` to move each tensor to devices as it comes).
-    progress: print progress lines with rate and ETA.
+  Attributes:
+    file: the safetensors file holding it.
+    name: its HF name.
+    path: the perax parameter path.
+    transform: how it is converted.
+    shape: the perax parameter shape.
+  """
+
+  file: pathlib.Path
+  name: str
+  path: str
+  transform: Transform
+  shape: tuple[int, ...]
+
+  def read(self, dtype) -> np.ndarray:
+    """The converted parameter, ``shape`` in ``dtype`` (the file is opened for this tensor alone)."""
+    with open_safetensors(self.file) as reader:
+      return self.transform.apply(reader.get_tensor(self.name), self.shape, dtype)
+
+
+def plan_conversion(
+  hf_dir: os.PathLike | str, config: Qwen2AudioConfig
+) -> tuple[Qwen2AudioConfig, list[PlannedTensor]]:
+  """Checks every tensor of an HF checkpoint from the file headers, reading no tensor data
+  (except lm_head and embed_tokens when deciding tying).
 
   Returns:
-    (config with tie_word_embeddings as the weights decide, {perax path: put(...)}).
+    (config with tie_word_embeddings as the weights decide, one entry per perax parameter, grouped
+    by file).
 
   Raises:
-    InputError: a tensor no rule maps (unexpected), one that maps twice, one whose shape differs
-      from what the config implies (mis-shaped), or parameters no tensor provides (missing); each
-      names the tensor and the file.
+    InputError: an unreadable file, a tensor no rule maps (unexpected), one that maps twice, one
+      whose shape differs from what the config implies (mis-shaped), or parameters no tensor
+      provides (missing); each names the tensor and the file.
   """
   files = tensor_files(hf_dir)
   config = dataclasses.replace(config, tie_word_embeddings=_decide_tying(config, files))
-  abstract_state = nnx.state(abstract_model(config, param_dtype, param_dtype))
-  expected = {path: variable.shape for path, variable in flat_variables(abstract_state)}
-  values: dict[str, Any] = {}
-  source: dict[str, str] = {}
-  meter = Progress(total=len(files), unit='tensors', what='convert') if progress else None
+  expected = {path: variable.shape for path, variable in flat_variables(nnx.state(abstract_model(config)))}
+  plan: dict[str, PlannedTensor] = {}
   for file, names in _group_by_file(files):
-    with safe_open(str(file), framework='numpy') as reader:
+    with open_safetensors(file) as reader:
       available = set(reader.keys())
       for name in names:
         if name not in available:
           raise InputError(
             f'tensor {name!r} is listed in the index but absent from the file', path=file, item=name
           )
-        if meter:
-          meter.update()
         if config.tie_word_embeddings and canonical_name(name) == LM_HEAD:
           continue  # identical to embed_tokens (see _decide_tying), which the tied model reads
         target = perax_path(name)
@@ -366,9 +232,9 @@ def read_hf_weights(
           raise InputError(
             f'unexpected tensor {name!r}: the config has no parameter {path}', path=file, item=name
           )
-        if path in values:
+        if path in plan:
           raise InputError(
-            f'tensor {name!r} duplicates {source[path]!r} (both map to {path})', path=file, item=name
+            f'tensor {name!r} duplicates {plan[path].name!r} (both map to {path})', path=file, item=name
           )
         want = transform.hf_shape(expected[path])
         got = tuple(reader.get_slice(name).get_shape())
@@ -380,18 +246,44 @@ def read_hf_weights(
             path=file,
             item=name,
           )
-        values[path] = put(path, transform.apply(reader.get_tensor(name), expected[path], param_dtype))
-        source[path] = name
-  if meter:
-    meter.close()
-  missing = [path for path in expected if path not in values]
+        plan[path] = PlannedTensor(file, name, path, transform, tuple(expected[path]))
+  missing = [path for path in expected if path not in plan]
   if missing:
-    shown = ', '.join(
-      f'{hf_name(path)} {list(_rule_producing(path)[0].transform.hf_shape(expected[path]))}'
-      for path in missing[:5]
-    )
+    shown = ', '.join(f'{hf_name(path)} {list(hf_shape(path, expected[path]))}' for path in missing[:5])
     more = f' and {len(missing) - 5} more' if len(missing) > 5 else ''
     raise InputError(f'missing {len(missing)} tensors: {shown}{more}', path=hf_dir)
+  return config, list(plan.values())
+
+
+def read_hf_weights(
+  hf_dir: os.PathLike | str,
+  config: Qwen2AudioConfig,
+  param_dtype,
+  put: Callable[[str, np.ndarray], Any] = lambda path, array: array,
+  progress: bool = False,
+) -> tuple[Qwen2AudioConfig, dict[str, Any]]:
+  """Reads, checks and converts every tensor of an HF checkpoint (see :func:`plan_conversion`).
+
+  Args:
+    hf_dir: the HF checkpoint directory.
+    config: its parsed config.
+    param_dtype: dtype every parameter is cast to as it is read.
+    put: called once per converted parameter (perax path, numpy array); its result is stored
+      (identity by default; e.g. ``jax.device_put`` to move each tensor to devices as it comes).
+    progress: log progress lines with rate and ETA.
+
+  Returns:
+    (config with tie_word_embeddings as the weights decide, {perax path: put(...)}).
+  """
+  config, plan = plan_conversion(hf_dir, config)
+  meter = Progress(total=len(plan), unit='tensors', what='convert') if progress else None
+  values = {}
+  for entry in plan:
+    values[entry.path] = put(entry.path, entry.read(param_dtype))
+    if meter:
+      meter.update()
+  if meter:
+    meter.close()
   return config, values
 
 
@@ -408,78 +300,66 @@ def _group_by_file(files: Mapping[str, pathlib.Path]) -> list[tuple[pathlib.Path
   return sorted(grouped.items())
 
 
-def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
-  """{'a.b.0.c': x} -> {'a': {'b': {'0': {'c': x}}}} (Orbax's tree of string keys)."""
-  tree: dict[str, Any] = {}
-  for path, value in flat.items():
-    node = tree
-    *parents, leaf = path.split('.')
-    for part in parents:
-      node = node.setdefault(part, {})
-    node[leaf] = value
-  return tree
-
-
-def flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
-  """Inverse of :func:`nest`."""
-  flat = {}
-  for key, value in tree.items():
-    path = f'{prefix}{key}'
-    if isinstance(value, Mapping):
-      flat.update(flatten(value, path + '.'))
-    else:
-      flat[path] = value
-  return flat
-
-
 def convert_checkpoint(
-  hf_dir: os.PathLike | str, out_dir: os.PathLike | str, dtype: str = 'float32', progress: bool = True
+  hf_dir: os.PathLike | str,
+  out_dir: os.PathLike | str,
+  dtype: str = 'float32',
+  progress: bool = True,
+  *,
+  overwrite: bool = False,
+  chunk_bytes: int | None = None,
 ) -> pathlib.Path:
-  """Converts an HF Qwen2-Audio directory into a perax checkpoint directory.
+  """Converts an HF Qwen2-Audio directory into a perax checkpoint directory, tensor by tensor.
+
+  Everything is checked before anything is written: config.json, the tokenizer and processor files
+  (all present, ``<|AUDIO|>`` id equal to audio_token_index), every tensor's name and shape.
 
   Args:
     hf_dir: HF checkpoint (config.json, safetensors, tokenizer and processor files).
-    out_dir: the directory to create; it must not exist yet (written to a temporary sibling
-      and renamed at the end, so a failed conversion leaves nothing behind).
+    out_dir: the directory to write: missing or empty, or replaced with ``overwrite`` (see
+      perax.models.store.write: locked while written; a failed conversion leaves it as it was).
     dtype: stored parameter dtype, a jnp dtype name ('float32', 'bfloat16').
-    progress: print progress with rate and ETA.
+    progress: log progress with rate and ETA.
+    overwrite: replace a non-empty ``out_dir``.
+    chunk_bytes: bytes per Orbax partial save (default perax.models.store.default_chunk_bytes).
 
   Returns:
-    ``out_dir`` as a path.
+    ``out_dir`` as an absolute path.
+
+  Raises:
+    InputError: anything wrong with the input or the output directory, in one line.
   """
-  # Orbax takes absolute paths only.
-  hf_dir, out_dir = pathlib.Path(hf_dir), pathlib.Path(out_dir).absolute()
-  if out_dir.exists():
-    raise FileExistsError(f'{out_dir} already exists')
+  hf_dir = pathlib.Path(hf_dir)
   param_dtype = jnp.dtype(dtype)
   raw_config, config = read_hf_config(hf_dir)
-  config, values = read_hf_weights(hf_dir, config, param_dtype, progress=progress)
-  out_dir.parent.mkdir(parents=True, exist_ok=True)
-  staging = pathlib.Path(tempfile.mkdtemp(prefix=f'.{out_dir.name}.', dir=out_dir.parent))
-  try:
-    with ocp.StandardCheckpointer() as checkpointer:
-      checkpointer.save(staging / STATE_DIR, nest(values))
+  tokenizer_files.check_processor_files(hf_dir)
+  tokenizer_files.check_audio_token(hf_dir, config)
+  config, plan = plan_conversion(hf_dir, config)
+  total_bytes = sum(math.prod(entry.shape) for entry in plan) * param_dtype.itemsize
+
+  def write_files(folder: pathlib.Path) -> None:
     raw_config['tie_word_embeddings'] = config.tie_word_embeddings
     raw_config.setdefault('text_config', {})['tie_word_embeddings'] = config.tie_word_embeddings
-    (staging / 'config.json').write_text(json.dumps(raw_config, indent=2, sort_keys=True) + '\n')
+    jsonio.write_json(folder / 'config.json', raw_config)
     for name in PROCESSOR_FILES:
       if (hf_dir / name).is_file():
-        shutil.copy2(hf_dir / name, staging / name)
-    (staging / PERAX_JSON).write_text(
-      json.dumps(
-        {
-          'format': FORMAT,
-          'format_version': FORMAT_VERSION,
-          'dtype': param_dtype.name,
-          'perax_version': importlib.metadata.version('perax'),
-          'source': str(hf_dir.resolve()),
-        },
-        indent=2,
-      )
-      + '\n'
-    )
-    os.replace(staging, out_dir)
-  except BaseException:
-    shutil.rmtree(staging, ignore_errors=True)
-    raise
-  return out_dir
+        shutil.copy2(hf_dir / name, folder / name)
+
+  meter = Progress(total=len(plan), unit='tensors', what='convert') if progress else None
+  out = store.write(
+    out_dir,
+    ((entry.path, entry.read(param_dtype)) for entry in plan),
+    total_bytes=total_bytes,
+    write_files=write_files,
+    info={
+      'dtype': param_dtype.name,
+      'perax_version': importlib.metadata.version('perax'),
+      'source': str(hf_dir.resolve()),
+    },
+    overwrite=overwrite,
+    chunk_bytes=chunk_bytes,
+    progress=meter,
+  )
+  if meter:
+    meter.close()
+  return out

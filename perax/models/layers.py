@@ -208,21 +208,6 @@ def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
   return x * cos + rotated * sin
 
 
-ATTENTION_IMPLEMENTATIONS = ('einsum', 'xla', 'cudnn')
-
-
-def set_attention_implementation(model: nnx.Module, implementation: str) -> None:
-  """Switches every attention layer of ``model`` to ``implementation`` (see
-  :func:`dot_product_attention`); jitted functions recompile for the new choice."""
-  if implementation not in ATTENTION_IMPLEMENTATIONS:
-    raise ValueError(
-      f'attention implementation must be one of {ATTENTION_IMPLEMENTATIONS}, got {implementation!r}'
-    )
-  for _, module in nnx.iter_graph(model):
-    if isinstance(module, nnx.Module) and hasattr(module, 'attention_implementation'):
-      module.attention_implementation = implementation
-
-
 def dot_product_attention(
   query: jax.Array,
   key: jax.Array,
@@ -241,9 +226,10 @@ def dot_product_attention(
     mask: bool, broadcastable to ``[B, L, S]``; True where a query may attend a key. A query with no
       allowed key gets the mean of the values (finite, like HF's additive-minimum mask).
     scale: multiplies the scores.
-    implementation: 'einsum' (this function's einsums), or 'xla' / 'cudnn' for
-      ``jax.nn.dot_product_attention`` (equal to 'einsum' within float rounding; 'cudnn' takes
-      jax's restrictions, e.g. half-precision inputs on an NVIDIA GPU).
+    implementation: one of perax.models.config.ATTENTION_IMPLS: 'einsum' (this function's
+      einsums), or 'xla' / 'cudnn' for ``jax.nn.dot_product_attention`` (equal to 'einsum' within
+      float rounding; 'cudnn' takes jax's restrictions, e.g. half-precision inputs on an NVIDIA GPU).
+      Models take it from Qwen2AudioConfig.attention_impl at construction.
 
   Returns:
     ``[B, L, N, D]`` in value's dtype.

@@ -1,40 +1,47 @@
 """Load Qwen2-Audio from a perax-converted directory or straight from an HF directory.
 
   model, config, processor = load_model('/ckpt/qwen2-audio-perax', dtype=jnp.bfloat16)
+  model, config, _ = load_model(path, mesh=make_mesh(fsdp=4, tensor=2), with_processor=False)
 
-An HF directory (config.json + safetensors) is converted on the fly, tensor by tensor, each placed
-on its devices as soon as it is converted. The processor is transformers' ``AutoProcessor`` read
-from the same directory (local files only, no remote code).
+Every parameter lands directly in its target sharding: by default the first device; with ``mesh``,
+the model's logical-axis rules over that mesh (perax.models.sharding); with ``shardings``, exactly
+the Sharding given per parameter. A converted directory is restored by Orbax straight into those
+shardings and the parameter dtype; an HF directory (config.json + safetensors) is converted on the
+fly, tensor by tensor, each placed on its devices as soon as it is converted. The processor is
+transformers' ``AutoProcessor`` read from the same directory (local files only, no remote code).
+Before any weight is read, the tokenizer's ``<|AUDIO|>`` id is checked against config.json.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import pathlib
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import transformers
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec, Sharding
 
 from perax.core.errors import InputError
-from perax.models import convert
+from perax.models import convert, store, tokenizer_files
 from perax.models import sharding as sharding_lib
 from perax.models.config import Qwen2AudioConfig
 from perax.models.qwen2_audio import Qwen2AudioForConditionalGeneration
+
+# Per-parameter shardings: an nnx.State mirroring nnx.state(model) (e.g. from
+# perax.models.sharding.parameter_shardings), or a mapping from dot-joined perax path.
+Shardings = nnx.State | Mapping[str, Sharding]
 
 
 def load_processor(path: os.PathLike | str) -> Any:
   """transformers' AutoProcessor (Qwen2AudioProcessor) from local files."""
   path = pathlib.Path(path)
-  if not (path / 'tokenizer_config.json').is_file():
-    raise InputError('no tokenizer_config.json: the directory has no processor files', path=path)
+  tokenizer_files.check_processor_files(path)
   return transformers.AutoProcessor.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
 
 
@@ -45,9 +52,11 @@ def load_model(
   *,
   mesh: Mesh | None = None,
   rules: sharding_lib.Rules = sharding_lib.LOGICAL_AXIS_RULES,
+  shardings: Shardings | None = None,
+  attention_impl: str | None = None,
   with_processor: bool = True,
 ) -> tuple[Qwen2AudioForConditionalGeneration, Qwen2AudioConfig, Any]:
-  """Builds the model with its weights.
+  """Builds the model with its weights, each placed in its target sharding as it is read.
 
   Args:
     path: a directory written by :func:`perax.models.convert.convert_checkpoint` (has perax.json),
@@ -56,22 +65,34 @@ def load_model(
     param_dtype: parameter dtype; defaults to ``dtype``.
     mesh: place parameters sharded over this mesh by ``rules``; default: the first device.
     rules: logical-axis rules (perax.models.sharding).
+    shardings: the Sharding of every parameter (see :data:`Shardings`); excludes ``mesh``. With tied
+      embeddings there is no lm_head, and an entry for it is ignored.
+    attention_impl: overrides the config's attention implementation
+      (perax.models.config.ATTENTION_IMPLS); None keeps config.json's (default 'einsum').
     with_processor: also load the processor (else None is returned in its place).
 
   Returns:
     (model, config, processor).
 
   Raises:
-    InputError: not a checkpoint directory, or its weights do not match its config.
+    InputError: not a checkpoint directory, an unfinished or corrupt conversion, weights that do not
+      match the config, a tokenizer whose ``<|AUDIO|>`` id differs from config.json's, or
+      ``shardings`` missing a parameter.
   """
   path = pathlib.Path(path)
+  if mesh is not None and shardings is not None:
+    raise ValueError('pass mesh or shardings, not both')
   # One spelling per dtype: jnp.float32 and np.dtype('float32') compare equal but hash apart, and
   # the dtype is part of the model's graphdef, so mixing them would miss jit caches.
   dtype = getattr(jnp, jnp.dtype(dtype).name)
   param_dtype = jnp.dtype(dtype if param_dtype is None else param_dtype)
+  store.check_not_unfinished(path)
   _, config = convert.read_hf_config(path)
-  shardings_of = _shardings(config, mesh, rules)
-  if (path / convert.PERAX_JSON).is_file():
+  if attention_impl is not None:
+    config = dataclasses.replace(config, attention_impl=attention_impl)
+  tokenizer_files.check_audio_token(path, config)
+  shardings_of = _shardings(config, mesh, rules) if shardings is None else _given(shardings)
+  if store.is_converted(path):
     values = _restore_converted(path, config, param_dtype, shardings_of)
   else:
     config, values = convert.read_hf_weights(
@@ -88,51 +109,54 @@ def _shardings(config: Qwen2AudioConfig, mesh: Mesh | None, rules: sharding_lib.
     device = NamedSharding(Mesh(np.asarray(jax.devices()[:1]), ('replica',)), PartitionSpec())
     return lambda name: device
   untied = dataclasses.replace(config, tie_word_embeddings=False)
-  by_path = {
-    name: variable.get_value()
-    for name, variable in convert.flat_variables(
-      sharding_lib.parameter_shardings(convert.abstract_model(untied), mesh, rules)
-    )
-  }
-  return by_path.__getitem__
+  return _given(sharding_lib.parameter_shardings(convert.abstract_model(untied), mesh, rules))
+
+
+def _given(shardings: Shardings) -> Callable[[str], Sharding]:
+  """perax path -> Sharding from an nnx.State of shardings or a flat mapping."""
+  if isinstance(shardings, nnx.State):
+    by_path = {name: variable.get_value() for name, variable in convert.flat_variables(shardings)}
+  else:
+    by_path = dict(shardings)
+
+  def sharding_of(name: str) -> Sharding:
+    if name not in by_path:
+      raise InputError(f'no sharding given for parameter {name}', item=name)
+    return by_path[name]
+
+  return sharding_of
 
 
 def _restore_converted(
   path: pathlib.Path, config: Qwen2AudioConfig, param_dtype, shardings_of
 ) -> dict[str, jax.Array]:
-  """Reads the Orbax state of a converted directory, checking it against the config."""
-  stored_dtype = jnp.dtype(json.loads((path / convert.PERAX_JSON).read_text())['dtype'])
+  """Restores a converted directory's state into ``param_dtype`` and the target shardings, after
+  checking its parameter names and shapes against the config."""
   expected = {
     name: variable.shape
-    for name, variable in convert.flat_variables(
-      nnx.state(convert.abstract_model(config, stored_dtype, stored_dtype))
-    )
+    for name, variable in convert.flat_variables(nnx.state(convert.abstract_model(config)))
   }
-  state_dir = (path / convert.STATE_DIR).absolute()  # Orbax takes absolute paths only
-  with ocp.StandardCheckpointer() as checkpointer:
-    stored = convert.flatten(checkpointer.metadata(state_dir).item_metadata.tree)
-    missing = sorted(set(expected) - set(stored))
-    unexpected = sorted(set(stored) - set(expected))
-    if missing or unexpected:
-      raise InputError(
-        f'checkpoint does not match config.json: missing {missing[:5]}, unexpected {unexpected[:5]}',
-        path=state_dir,
-      )
-    for name, shape in expected.items():
-      if tuple(stored[name].shape) != tuple(shape):
-        raise InputError(
-          f'parameter {name} has shape {list(stored[name].shape)}, expected {list(shape)} from config.json',
-          path=state_dir,
-          item=name,
-        )
-    target = convert.nest(
-      {
-        name: jax.ShapeDtypeStruct(shape, stored_dtype, sharding=shardings_of(name))
-        for name, shape in expected.items()
-      }
+  stored = store.stored_arrays(path)
+  state_dir = path / store.STATE_DIR
+  missing = sorted(set(expected) - set(stored))
+  unexpected = sorted(set(stored) - set(expected))
+  if missing or unexpected:
+    raise InputError(
+      f'checkpoint does not match config.json: missing {missing[:5]}, unexpected {unexpected[:5]}',
+      path=state_dir,
     )
-    restored = convert.flatten(checkpointer.restore(state_dir, target))
-  return {name: value.astype(param_dtype) for name, value in restored.items()}
+  for name, shape in expected.items():
+    if tuple(stored[name].shape) != tuple(shape):
+      raise InputError(
+        f'parameter {name} has shape {list(stored[name].shape)}, expected {list(shape)} from config.json',
+        path=state_dir,
+        item=name,
+      )
+  target = {
+    name: jax.ShapeDtypeStruct(shape, param_dtype, sharding=shardings_of(name))
+    for name, shape in expected.items()
+  }
+  return store.restore(path, target)
 
 
 def _assemble(

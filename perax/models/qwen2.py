@@ -44,11 +44,16 @@ def attention_mask_for(
 
 
 class Qwen2Attention(nnx.Module):
-  """Grouped-query self-attention with RoPE; q/k/v with bias, o_proj without."""
+  """Grouped-query self-attention with RoPE; q/k/v with bias, o_proj without.
 
-  def __init__(self, config: TextConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+  ``attention_impl`` (perax.models.config.ATTENTION_IMPLS) is fixed at construction.
+  """
+
+  def __init__(
+    self, config: TextConfig, *, attention_impl: str = 'einsum', dtype, param_dtype, rngs: nnx.Rngs
+  ):
     self.config = config
-    self.attention_implementation = 'einsum'
+    self.attention_impl = attention_impl
     common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     heads, kv_heads, head_dim = (config.num_attention_heads, config.num_key_value_heads, config.head_dim)
     self.q_proj = Linear(
@@ -125,7 +130,7 @@ class Qwen2Attention(nnx.Module):
       value,
       attend,
       scale=self.config.head_dim**-0.5,
-      implementation=self.attention_implementation,
+      implementation=self.attention_impl,
     )
     return self.o_proj(out), cache
 
@@ -218,11 +223,13 @@ class Qwen2MLP(nnx.Module):
 class Qwen2DecoderLayer(nnx.Module):
   """Pre-norm decoder layer: RMSNorm, attention, residual; RMSNorm, SwiGLU MLP, residual."""
 
-  def __init__(self, config: TextConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+  def __init__(
+    self, config: TextConfig, *, attention_impl: str = 'einsum', dtype, param_dtype, rngs: nnx.Rngs
+  ):
     norm = dict(eps=config.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
     common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.input_layernorm = RMSNorm(config.hidden_size, **norm)
-    self.self_attn = Qwen2Attention(config, **common)
+    self.self_attn = Qwen2Attention(config, attention_impl=attention_impl, **common)
     self.post_attention_layernorm = RMSNorm(config.hidden_size, **norm)
     self.mlp = Qwen2MLP(config, **common)
 
@@ -235,10 +242,23 @@ class Qwen2DecoderLayer(nnx.Module):
 class Qwen2Model(nnx.Module):
   """Token embeddings, decoder layers and the final RMSNorm (no output projection)."""
 
-  def __init__(self, config: TextConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    config: TextConfig,
+    *,
+    attention_impl: str = 'einsum',
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    rngs: nnx.Rngs,
+  ):
     common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.embed_tokens = Embed(config.vocab_size, config.hidden_size, **common)
-    self.layers = nnx.List([Qwen2DecoderLayer(config, **common) for _ in range(config.num_hidden_layers)])
+    self.layers = nnx.List(
+      [
+        Qwen2DecoderLayer(config, attention_impl=attention_impl, **common)
+        for _ in range(config.num_hidden_layers)
+      ]
+    )
     self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
 
   def __call__(

@@ -8,20 +8,38 @@ Typical use (prompt built by HF's processor, features by perax.data.features.bat
 
   audio_embeds, audio_valid = model.encode_audio(features, feature_lengths)
   embeds = model.merge_audio(input_ids, audio_embeds, audio_valid)
-  logits, cache = model(inputs_embeds=embeds, positions=positions, attention_mask=mask, cache=cache)
+  out = model(inputs_embeds=embeds, positions=positions, attention_mask=mask, cache=cache)
+  out.logits, out.hidden_states, out.cache  # a Qwen2AudioOutput
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from flax import nnx, struct
 
 from perax.models.audio_encoder import Qwen2AudioEncoder
 from perax.models.cache import KVCache
 from perax.models.config import Qwen2AudioConfig
 from perax.models.layers import Linear
 from perax.models.qwen2 import Qwen2Model, attention_mask_for
+
+
+@struct.dataclass
+class Qwen2AudioOutput:
+  """What one decoder forward pass returns (a frozen pytree, so jitted functions return it whole).
+
+  Attributes:
+    logits: ``[B, L, vocab]`` float32, or ``[B, P, vocab]`` when the call passed ``logits_at``.
+    hidden_states: ``[B, L, hidden]`` final normed hidden states of all L new tokens, in the
+      compute dtype (under jit, unused outputs cost nothing).
+    cache: the :class:`KVCache` with the new tokens written and its index advanced by L, or None
+      when the call passed no cache.
+  """
+
+  logits: jax.Array
+  hidden_states: jax.Array
+  cache: KVCache | None = None
 
 
 class Qwen2AudioMultiModalProjector(nnx.Module):
@@ -73,9 +91,9 @@ class Qwen2AudioForConditionalGeneration(nnx.Module):
     self.config = config
     self.dtype = dtype
     common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.audio_tower = Qwen2AudioEncoder(config.audio, **common)
+    self.audio_tower = Qwen2AudioEncoder(config.audio, attention_impl=config.attention_impl, **common)
     self.multi_modal_projector = Qwen2AudioMultiModalProjector(config, **common)
-    self.language_model = Qwen2Model(config.text, **common)
+    self.language_model = Qwen2Model(config.text, attention_impl=config.attention_impl, **common)
     self.lm_head = (
       None
       if config.tie_word_embeddings
@@ -157,9 +175,8 @@ class Qwen2AudioForConditionalGeneration(nnx.Module):
     positions: jax.Array | None = None,
     attention_mask: jax.Array | None = None,
     cache: KVCache | None = None,
-    return_hidden: bool = False,
     logits_at: jax.Array | None = None,
-  ):
+  ) -> Qwen2AudioOutput:
     """Decoder forward pass over ``L`` new tokens.
 
     Args:
@@ -172,15 +189,11 @@ class Qwen2AudioForConditionalGeneration(nnx.Module):
       attention_mask: ``[B, L]`` bool, True for real tokens; None means all real. Left or right
         padding both work: every real token attends the real tokens at or before it.
       cache: a :class:`KVCache` (see perax.models.cache), or None for a plain forward pass.
-      return_hidden: also return the final normed hidden states.
       logits_at: optional ``[B, P]`` int indices into the L new tokens; logits are then computed
         only there (e.g. the last prompt token), saving the ``[B, L, vocab]`` projection.
 
     Returns:
-      ``(logits, new_cache)``, or ``(logits, new_cache, hidden)`` when ``return_hidden``:
-      logits ``[B, L, vocab]`` (``[B, P, vocab]`` with logits_at) float32; new_cache the cache
-      with the new tokens written and index advanced by L, or None without a cache; hidden
-      ``[B, L, hidden]`` in the compute dtype.
+      A :class:`Qwen2AudioOutput` (logits, hidden_states, cache).
     """
     if (input_ids is None) == (inputs_embeds is None):
       raise ValueError('pass exactly one of input_ids and inputs_embeds')
@@ -209,5 +222,4 @@ class Qwen2AudioForConditionalGeneration(nnx.Module):
       new_cache = KVCache(keys=keys, values=values, mask=slot_mask, index=cache.index + length)
 
     selected = hidden if logits_at is None else jnp.take_along_axis(hidden, logits_at[:, :, None], axis=1)
-    logits = self.logits(selected)
-    return (logits, new_cache, hidden) if return_hidden else (logits, new_cache)
+    return Qwen2AudioOutput(logits=self.logits(selected), hidden_states=hidden, cache=new_cache)

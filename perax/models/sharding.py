@@ -21,8 +21,6 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from perax.models.cache import KVCache
-
 MESH_AXES = ('data', 'fsdp', 'tensor')
 CATCH_ALL = '*'
 
@@ -40,9 +38,6 @@ LOGICAL_AXIS_RULES: Rules = (
   ('audio_embed', 'fsdp'),
   (CATCH_ALL, None),
 )
-# Logical axes of the KV cache's keys/values [B, max_len, KV, D] and mask [B, max_len].
-CACHE_KV_AXES = ('batch', 'cache_length', 'kv_heads', 'head_dim')
-CACHE_MASK_AXES = ('batch', 'cache_length')
 
 
 def make_mesh(
@@ -107,17 +102,3 @@ def parameter_shardings(model_or_state, mesh: Mesh, rules: Rules = LOGICAL_AXIS_
     return variable.replace(NamedSharding(mesh, spec))
 
   return jax.tree.map(sharding, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
-
-
-def cache_shardings(cache: KVCache, mesh: Mesh, rules: Rules = LOGICAL_AXIS_RULES) -> KVCache:
-  """NamedShardings for a :class:`KVCache` (batch over data/fsdp, key/value heads over tensor)."""
-
-  def named(axes, shape):
-    return NamedSharding(mesh, partition_spec(axes, shape, mesh, rules))
-
-  return KVCache(
-    keys=tuple(named(CACHE_KV_AXES, k.shape) for k in cache.keys),
-    values=tuple(named(CACHE_KV_AXES, v.shape) for v in cache.values),
-    mask=named(CACHE_MASK_AXES, cache.mask.shape),
-    index=NamedSharding(mesh, PartitionSpec()),
-  )

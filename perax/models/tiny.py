@@ -2,7 +2,7 @@
 
 :func:`make_tiny_checkpoint` writes a directory that ``transformers.AutoProcessor`` and
 ``transformers.Qwen2AudioForConditionalGeneration.from_pretrained`` load without remote code, built
-from numpy, ``safetensors.numpy`` and ``tokenizers`` alone (torch is never needed):
+from numpy, ``safetensors.numpy`` and ``tokenizers`` (torch is never needed):
 
 - ``config.json``: a ``qwen2_audio`` config with tiny encoder and decoder sizes (overridable);
 - ``model.safetensors``, or ``model-0000i-of-0000n.safetensors`` + ``model.safetensors.index.json``:
@@ -22,7 +22,8 @@ numpy seed, except two choices that keep a tiny random model informative:
 - ``initializer_range`` defaults to ``1 / sqrt(width)`` (not 0.02), so activations keep unit scale
   and logits have a standard deviation near one: next-token distributions are neither uniform nor
   one-hot, and numerical comparisons between implementations are meaningful;
-- the encoder's ``embed_positions`` hold Whisper's sinusoids, as the real checkpoint's do.
+- the encoder's ``embed_positions`` hold Whisper's sinusoids (perax.models.layers.sinusoids), as the
+  real checkpoint's do.
 
 With ``tie_word_embeddings`` the file still holds ``lm_head.weight``, a copy of ``embed_tokens``
 (see :func:`parameter_shapes`).
@@ -44,6 +45,8 @@ import numpy as np
 import tokenizers
 from safetensors import numpy as safetensors_numpy
 from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
+
+from perax.models.layers import sinusoids
 
 # Qwen2-Audio's special tokens, in the order of their ids in the real tokenizer (151643..151648).
 ENDOFTEXT = '<|endoftext|>'
@@ -482,26 +485,9 @@ def random_weights(
     elif init == 'embed_tokens':
       value = weights['model.language_model.embed_tokens.weight']
     else:
-      value = whisper_sinusoids(*shape)
+      value = sinusoids(*shape)
     weights[name] = value.astype(dtype)
   return weights
-
-
-def whisper_sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> np.ndarray:
-  """Whisper's sinusoidal position table.
-
-  Args:
-    length: number of positions.
-    channels: even width; the first half holds sines, the second cosines.
-    max_timescale: the longest wavelength.
-
-  Returns:
-    float32 [length, channels].
-  """
-  increment = math.log(max_timescale) / (channels // 2 - 1)
-  inv_timescales = np.exp(-increment * np.arange(channels // 2))
-  scaled_time = np.arange(length)[:, None] * inv_timescales[None, :]
-  return np.concatenate([np.sin(scaled_time), np.cos(scaled_time)], axis=1).astype(np.float32)
 
 
 def _write_weights(out: pathlib.Path, weights: Mapping[str, np.ndarray], shards: int) -> None:

@@ -241,14 +241,14 @@ def prefill(model, model_config, embeds, valid, ids, mask, mesh: Mesh | None = N
   inputs_embeds = constrain_batch(model.merge_audio(ids, embeds, valid), mesh)
   positions = jnp.maximum(jnp.cumsum(mask, axis=1, dtype=jnp.int32) - 1, 0)
   cache = constrain_cache(kv_cache.init_cache(model_config, batch, length, inputs_embeds.dtype), mesh)
-  logits, cache = model(
+  out = model(
     inputs_embeds=inputs_embeds,
     positions=positions,
     attention_mask=mask,
     cache=cache,
     logits_at=jnp.full((batch, 1), length - 1, jnp.int32),
   )
-  return logits[:, 0], constrain_cache(cache, mesh), positions[:, -1]
+  return out.logits[:, 0], constrain_cache(out.cache, mesh), positions[:, -1]
 
 
 def filter_logits(logits, config: SamplingConfig):
@@ -363,16 +363,16 @@ def sample_votes(
   def body(state: DecodeState) -> DecodeState:
     previous = jnp.maximum(state.tokens[:, state.step - 1], 0)[:, None]
     positions = (last_position + state.step)[:, None]
-    logits, cache = model(
+    out = model(
       input_ids=previous, positions=positions, attention_mask=jnp.ones((rows, 1), bool), cache=state.cache
     )
-    token, node, done = pick(state.step, logits[:, -1].astype(jnp.float32), state.node, state.done)
+    token, node, done = pick(state.step, out.logits[:, -1].astype(jnp.float32), state.node, state.done)
     return DecodeState(
       step=state.step + 1,
       tokens=state.tokens.at[:, state.step].set(token),
       done=done,
       node=node,
-      cache=constrain_cache(cache, mesh),
+      cache=constrain_cache(out.cache, mesh),
     )
 
   return jax.lax.while_loop(cond, body, start).tokens

@@ -103,7 +103,7 @@ def score_labels(
   continuation = jnp.tile(label_ids, (batch, 1))
   valid_tokens = jnp.arange(width)[None, :] < jnp.tile(label_lengths, batch)[:, None]
   positions = jnp.repeat(last_position, labels)[:, None] + 1 + jnp.arange(width)[None, :]
-  logits, _ = model(input_ids=continuation, positions=positions, attention_mask=valid_tokens, cache=cache)
+  logits = model(input_ids=continuation, positions=positions, attention_mask=valid_tokens, cache=cache).logits
   # Token t of a label is predicted by the prompt's last logits (t = 0) or the label's token t - 1.
   predicting = jnp.concatenate(
     [jnp.repeat(last_logits, labels, axis=0)[:, None], logits[:, :-1].astype(jnp.float32)], axis=1

@@ -44,6 +44,7 @@ def default_config() -> config_dict.ConfigDict:
   config.model.checkpoint = ''  # HF or perax-converted directory; 'tiny': a tiny random one
   # written to <workdir>/tiny_checkpoint
   config.model.compute_dtype = 'bfloat16'
+  config.model.attention_impl = 'einsum'  # einsum | xla | cudnn (perax.models.config.ATTENTION_IMPLS)
   config.model.param_dtype = 'float32'  # backbone storage; 'bfloat16' halves a frozen backbone
   # (LoRA / head scopes); 'full' needs float32 masters
   config.model.scope = 'head'  # head | lora | full

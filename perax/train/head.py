@@ -4,7 +4,7 @@ For a batch of prompts (input_ids with audio-token placeholders, log-mel feature
 
   audio embeddings = backbone.encode_audio(features)          [B, A, H]
   inputs_embeds    = backbone.merge_audio(input_ids, ...)     [B, L, H]
-  hidden           = backbone(..., return_hidden=True)        [B, L, H] (last decoder layer, normed)
+  hidden           = backbone(...).hidden_states              [B, L, H] (last decoder layer, normed)
   pooled           = pool(hidden)                             [B, H]
   logits           = head(pooled)                             [B, C]
 
@@ -122,13 +122,9 @@ class DistributionalModel(nnx.Module):
     attention_mask = batch['attention_mask'].astype(jnp.bool_)
     audio_embeds, audio_valid = self.backbone.encode_audio(batch['input_features'], batch['feature_lengths'])
     inputs_embeds = self.backbone.merge_audio(input_ids, audio_embeds, audio_valid)
-    outputs = self.backbone(
-      inputs_embeds=inputs_embeds,
-      positions=batch['positions'],
-      attention_mask=attention_mask,
-      return_hidden=True,
-    )
-    hidden = outputs[-1]
+    hidden = self.backbone(
+      inputs_embeds=inputs_embeds, positions=batch['positions'], attention_mask=attention_mask
+    ).hidden_states
     if self.pooling == 'last':
       pooled = pool_last(hidden, attention_mask)
     else:

@@ -88,6 +88,7 @@ def build_model(
   *,
   compute_dtype: str = 'bfloat16',
   param_dtype: str = 'float32',
+  attention_impl: str = 'einsum',
   mesh: Mesh | None = None,
 ) -> tuple[DistributionalModel, Qwen2AudioConfig, Any, list[str]]:
   """Loads the backbone from ``checkpoint`` (HF or perax-converted) and wraps it.
@@ -96,6 +97,7 @@ def build_model(
     checkpoint: the checkpoint directory (perax.models.loading.load_model).
     options: head, pooling, trainable scope and LoRA settings.
     compute_dtype, param_dtype: the backbone's compute and storage dtypes.
+    attention_impl: the backbone's attention implementation (perax.models.config.ATTENTION_IMPLS).
     mesh: where the backbone's weights are placed as they load (sharded by perax.models.sharding's
       rules), so a large model never sits whole on one device; None: the first device.
 
@@ -103,7 +105,11 @@ def build_model(
     (model, the backbone's config, the checkpoint's processor, the LoRA-adapted layer paths).
   """
   backbone, config, processor = loading.load_model(
-    checkpoint, dtype=dtype_from_name(compute_dtype), param_dtype=dtype_from_name(param_dtype), mesh=mesh
+    checkpoint,
+    dtype=dtype_from_name(compute_dtype),
+    param_dtype=dtype_from_name(param_dtype),
+    attention_impl=attention_impl,
+    mesh=mesh,
   )
   model, adapted = wrap_backbone(backbone, config, options)
   return model, config, processor, adapted

@@ -158,6 +158,7 @@ def setup_run(config: Any, workdir: str, echo: Callable[[str], None] = print) ->
     model_options(config, len(run.labels)),
     compute_dtype=config.model.compute_dtype,
     param_dtype=config.model.param_dtype,
+    attention_impl=config.model.attention_impl,
     mesh=mesh,
   )
   graphdef, params, frozen = state_lib.split_model(model, config.model.scope)
