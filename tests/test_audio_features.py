@@ -1,6 +1,5 @@
 """Audio loading and Whisper log-mel features against transformers, scipy and hand computations."""
 
-
 import numpy as np
 import pytest
 import scipy.signal
