@@ -312,9 +312,11 @@ def read_written_set(directory: str, run: RunData, split: str, field: str) -> Wr
   return WrittenSet(utterances=utterances, distributions=distributions, split=split)
 
 
-def train_iterator(run: RunData, processor: Any, config: TrainConfig, mesh: Mesh) -> Any:
-  """The checkpointable iterator over training batches: the written DiME-Aug set of
-  ``augmented_train_dir``, or the training split with a DiME-Aug plan made here when asked."""
+def train_pipeline(
+  run: RunData, processor: Any, config: TrainConfig, mesh: Mesh
+) -> input_pipeline.InputPipeline:
+  """The training pipeline: the written DiME-Aug set of ``augmented_train_dir``, or the training
+  split with a DiME-Aug plan made here when asked (shuffled per epoch, repeating forever)."""
   data = config.data
   utterances, distributions, plan = run.utterances, run.distributions, None
   if data.augmented_train_dir:
@@ -331,17 +333,22 @@ def train_iterator(run: RunData, processor: Any, config: TrainConfig, mesh: Mesh
       size=data.augment_size or None,
       seed=config.seed,
     )
-  return input_pipeline.make_train_iterator(
+  return input_pipeline.build_pipeline(
     utterances,
     distributions,
     run.labels,
     processor,
     run.prompt,
     pipeline_config(config, mesh),
-    seed=config.seed,
     split=data.train_split,
     plan=plan,
+    seed=config.seed,
   )
+
+
+def train_iterator(run: RunData, processor: Any, config: TrainConfig, mesh: Mesh) -> Any:
+  """The checkpointable iterator over :func:`train_pipeline`'s batches (this process's rows)."""
+  return iter(train_pipeline(run, processor, config, mesh).dataset)
 
 
 @dataclasses.dataclass(frozen=True)
