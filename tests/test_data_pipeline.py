@@ -302,6 +302,35 @@ def test_processes_take_row_slices_of_one_global_batch(corpus, processor):
     _pipeline(corpus, processor, batch=3, process_index=0, process_count=2)
 
 
+def test_a_process_slice_of_only_padding_gets_a_masked_batch_of_the_same_shapes(corpus, processor):
+  """9 test utterances in global batches of 8: the last batch holds 1 real row, so process 1's half
+  of it is all padding; it must still load (filled with the global batch's first example, masked)."""
+  utterances, distributions, _ = corpus
+
+  def batches(**process):
+    pipeline = dp.build_pipeline(
+      utterances,
+      distributions,
+      LABELS,
+      processor,
+      PROMPT,
+      dp.PipelineConfig(global_batch_size=8),
+      split='test',
+      seed=None,
+      num_epochs=1,
+      **process,
+    )
+    return list(pipeline.dataset)
+
+  whole = batches()
+  halves = [batches(process_index=p, process_count=2) for p in range(2)]
+  assert len(whole) == len(halves[0]) == len(halves[1]) == 2
+  assert not halves[1][-1]['example_mask'].any() and (halves[1][-1]['example_index'] == -1).all()
+  for k, batch in enumerate(whole):
+    for key in batch:
+      np.testing.assert_array_equal(np.concatenate([halves[0][k][key], halves[1][k][key]]), batch[key])
+
+
 def test_config_checks_the_data_parallel_size():
   with pytest.raises(ValueError, match='data_parallel_size'):
     dp.PipelineConfig(global_batch_size=6, data_parallel_size=4)

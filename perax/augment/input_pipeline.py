@@ -213,9 +213,10 @@ def bucket_indices(durations_s: np.ndarray, bucket_seconds: Sequence[int]) -> np
 class BucketBatches(grain.MapDataset):
   """Global batches of example indices, bucketed by audio length; element k is batch k.
 
-  Element: ``{'bucket': int index into bucket_seconds, 'rows': [B_local] int64}``, the rows of this
-  process's slice of the global batch, -1 for padding.  Every example is in exactly one batch per
-  epoch; at most one batch per epoch has padding.
+  Element: ``{'bucket': int index into bucket_seconds, 'rows': [B_local] int64, 'fill': int}``:
+  the rows of this process's slice of the global batch, -1 for padding, and the global batch's first
+  (always real) row, which fills a slice made only of padding.  Every example is in exactly one batch
+  per epoch; at most one batch per epoch has padding.
   """
 
   def __init__(
@@ -286,7 +287,13 @@ class BucketBatches(grain.MapDataset):
       return self.slice(index)
     epoch, k = divmod(index, self.batches_per_epoch)
     buckets, rows = self.epoch_plan(epoch)
-    return {'bucket': int(buckets[k]), 'rows': rows[k, self._offset : self._offset + self._local]}
+    return {
+      'bucket': int(buckets[k]),
+      'rows': rows[k, self._offset : self._offset + self._local],
+      # The global batch's first row is always real (padding comes last): the example that fills a
+      # process's slice made only of padding rows.
+      'fill': int(rows[k, 0]),
+    }
 
   def __str__(self) -> str:
     return f'BucketBatches(batch={self._batch}, seed={self._seed}, epochs={self._num_epochs})'
@@ -448,10 +455,12 @@ class BatchLoader:
     seconds = self.bucket_seconds[element['bucket']]
     rows = np.asarray(element['rows'], np.int64)
     real = rows >= 0
-    if not real.any():
+    if not real.any() and element.get('fill', -1) < 0:
       raise ValueError('a batch needs at least one example')
     examples = {int(r): self._example(int(r), seconds * SAMPLE_RATE) for r in np.unique(rows[real])}
-    fill = int(rows[real][0])
+    fill = int(rows[real][0]) if real.any() else int(element['fill'])
+    if fill not in examples:
+      examples[fill] = self._example(fill, seconds * SAMPLE_RATE)
     waveforms, transcripts, targets = zip(*(examples[int(r) if r >= 0 else fill] for r in rows))
     input_features, feature_lengths = features.batch_features(list(waveforms), bucket_seconds=seconds)
     length = self.prompt_ids.length(input_features.shape[-1])

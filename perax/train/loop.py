@@ -13,6 +13,12 @@
   batch while the devices run the current step.
 - Every ``checkpoint_every`` steps and at the end: evaluates the dev split (when the config names
   one) into ``<workdir>/dev_metrics.jsonl`` and saves a checkpoint ranked by ``best_metric``.
+- Locks the workdir (perax.core.locks.RunLock): a second run on it stops at once, naming the pid
+  that holds it. A NaN or infinite loss stops the run with an InputError naming the step.
+- ``TrainResult.losses`` (and :func:`loss_history`) hold every step from 1 on, across resumes.
+- Multi-process runs (launch/train.py --num_processes ...): every process feeds its rows of each
+  global batch, runs the same steps and saves its part of each checkpoint (Orbax synchronises the
+  processes); process 0 alone holds the lock and writes metrics.jsonl and dev_metrics.jsonl.
 """
 
 from __future__ import annotations
@@ -180,7 +186,6 @@ def _train(config: TrainConfig, workdir: str, stop_at_step: int | None) -> Train
     if start_step < last_step:
       batch = step_lib.device_batch(next(train_iterator), step_lib.TRAIN_INPUTS, setup.mesh)
       trainer.compile(state, batch)
-      _info(f'compiled the train step: {next(iter(trainer.memory.values()))}')
     progress = Progress(
       total=last_step - start_step, unit='step', what='train', print_fn=_info if writer else lambda _: None
     )
