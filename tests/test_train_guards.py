@@ -120,3 +120,10 @@ def test_training_and_evaluation_read_the_written_sets(config, written, tmp_path
   with pytest.raises(InputError, match='config.data.augmented_train_dir'):
     data_lib.train_pipeline(run, processor, run_config, mesh)
   assert np.all(np.isin(tables.column(plan, 'split'), ['train']))
+
+
+def test_evaluating_a_run_without_checkpoints_is_a_one_line_input_error(config, tmp_path):
+  from perax.train import evaluate
+
+  with pytest.raises(InputError, match=r"no checkpoint 'best' \(saved steps: \[\]\); train first"):
+    evaluate.evaluate_checkpoint(config, str(tmp_path))

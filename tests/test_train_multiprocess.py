@@ -1,6 +1,7 @@
-"""A two-process train.py run (JAX's distributed runtime, gloo on CPU, 4 devices each) against one
-process on the same global mesh of 8 devices: equal losses and dev metrics, one metrics file written
-once, and one checkpoint that holds both processes' data-iterator positions (issue 13, item 5)."""
+"""Two-process train.py and evaluate.py runs (JAX's distributed runtime, gloo on CPU, 4 devices each)
+against one process on the same global mesh of 8 devices: equal losses and dev metrics, one metrics
+file written once, one checkpoint holding both processes' data-iterator positions, and equal
+evaluation metrics, the balanced set's padded last batch included (issue 13, item 5)."""
 
 import json
 import os
@@ -18,7 +19,7 @@ from perax.train import data as data_lib
 from perax.train import loop
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-STEPS = 3
+STEPS = 2
 RTOL = 1e-5
 
 
@@ -28,11 +29,13 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _command(inputs: pathlib.Path, workdir: pathlib.Path) -> list[str]:
+def _command(inputs: pathlib.Path, workdir: pathlib.Path, launcher: str = 'train.py') -> list[str]:
+  """The launcher's command line; the runs share a compilation cache, so evaluate.py reuses the
+  prediction step that training's dev evaluation compiled."""
   data = inputs / data_lib.DATA_DIRNAME
   return [
     sys.executable,
-    str(REPO / 'launch' / 'train.py'),
+    str(REPO / 'launch' / launcher),
     f'--config={REPO / "configs" / "demo.py"}',
     f'--config.data.utterances={data / data_lib.UTTERANCES_FILE}',
     f'--config.data.distributions={data / data_lib.DISTRIBUTIONS_FILE}',
@@ -41,7 +44,7 @@ def _command(inputs: pathlib.Path, workdir: pathlib.Path) -> list[str]:
     f'--config.total_steps={STEPS}',
     f'--config.checkpoint_every={STEPS}',
     '--config.warmup_steps=1',
-    '--compilation_cache_dir=',
+    f'--compilation_cache_dir={inputs / "jax_cache"}',
     f'--workdir={workdir}',
   ]
 
@@ -69,28 +72,35 @@ def runs(tmp_path_factory):
   data_lib.load_run_data(data, str(inputs), seed=0)
   tiny.make_tiny_checkpoint(inputs / 'tiny', seed=0)
   one, two = root / 'one', root / 'two'
-  port = _free_port()
-  procs = [
-    subprocess.Popen(_command(inputs, one), env=_env(8), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-  ]
-  for rank in range(2):
-    distributed = [f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={rank}']
-    procs.append(
+  outputs = {}
+  for launcher in ('train.py', 'evaluate.py'):
+    port = _free_port()
+    procs = [
       subprocess.Popen(
-        _command(inputs, two) + distributed, env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        _command(inputs, one, launcher), env=_env(8), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
       )
-    )
-  outputs = []
-  try:
-    for proc in procs:
-      out, _ = proc.communicate(timeout=900)
-      outputs.append(out.decode(errors='replace'))
-  finally:
-    for proc in procs:
-      if proc.poll() is None:
-        proc.kill()
-  for proc, out in zip(procs, outputs):
-    assert proc.returncode == 0, out[-4000:]
+    ]
+    for rank in range(2):
+      distributed = [f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={rank}']
+      procs.append(
+        subprocess.Popen(
+          _command(inputs, two, launcher) + distributed,
+          env=_env(4),
+          stdout=subprocess.PIPE,
+          stderr=subprocess.STDOUT,
+        )
+      )
+    outputs[launcher] = []
+    try:
+      for proc in procs:
+        out, _ = proc.communicate(timeout=900)
+        outputs[launcher].append(out.decode(errors='replace'))
+    finally:
+      for proc in procs:
+        if proc.poll() is None:
+          proc.kill()
+    for proc, out in zip(procs, outputs[launcher]):
+      assert proc.returncode == 0, out[-4000:]
   return one, two, outputs
 
 
@@ -107,6 +117,23 @@ def test_two_processes_train_like_one_on_the_same_global_mesh(runs):
   for key in ('js_divergence', 'kl', 'cosine'):
     np.testing.assert_allclose(dev_double[0][key], dev_single[0][key], rtol=RTOL, err_msg=key)
   # Both processes ran every step and saved one checkpoint together.
-  assert all(f'trained steps 1..{STEPS}' in out for out in outputs)
+  single_out, rank0_out, rank1_out = outputs['train.py']
+  assert f'trained steps 1..{STEPS}' in single_out and f'trained steps 1..{STEPS}' in rank0_out
+  assert 'trained steps' not in rank1_out  # the result line is printed once
   data_states = sorted(p.name for p in (two / 'checkpoints' / str(STEPS) / 'data').glob('process_*.json'))
   assert data_states == ['process_0-of-2.json', 'process_1-of-2.json']
+
+
+def test_two_processes_evaluate_like_one(runs):
+  one, two, _ = runs
+  for name in ('test', 'test_balanced'):
+    single = json.loads((one / f'eval_{STEPS}' / f'metrics_{name}.json').read_text())
+    double = json.loads((two / f'eval_{STEPS}' / f'metrics_{name}.json').read_text())
+    assert double['n'] == single['n'] > 0
+    for level, metrics in single['metrics'].items():
+      assert double['metrics'][level]['n'] == metrics['n'], (name, level)
+      for key in ('js_divergence', 'kl'):
+        if metrics[key] is not None:
+          np.testing.assert_allclose(
+            double['metrics'][level][key], metrics[key], rtol=RTOL, err_msg=(name, level)
+          )

@@ -30,6 +30,7 @@ import pyarrow as pa
 from jax.experimental import multihost_utils
 
 from perax.core import atomic, jsonio, log
+from perax.core.errors import InputError
 from perax.core.locks import RunLock
 from perax.core.progress import Progress
 from perax.data import tables
@@ -172,7 +173,7 @@ def restore_for_eval(setup: RunSetup, which: str | int) -> int:
     which: 'best' (by the dev metric; the latest without one), 'latest', or a step number.
 
   Raises:
-    FileNotFoundError: the run has no checkpoint (or not that step).
+    InputError: the run has no checkpoint (or not that step).
   """
   checkpointer = setup.checkpointer()
   try:
@@ -183,9 +184,9 @@ def restore_for_eval(setup: RunSetup, which: str | int) -> int:
     else:
       step = int(which)
     if step is None or step not in checkpointer.all_steps():
-      raise FileNotFoundError(
-        f'no checkpoint {which!r} in {checkpointer.directory} '
-        f'(saved steps: {sorted(checkpointer.all_steps())})'
+      raise InputError(
+        f'no checkpoint {which!r} (saved steps: {sorted(checkpointer.all_steps())}); train first',
+        path=checkpointer.directory,
       )
     setup.state = checkpointer.restore(step, setup.state, setup.shardings)
   finally:

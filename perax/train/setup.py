@@ -218,6 +218,11 @@ def check_config(config: TrainConfig, devices: list[jax.Device] | None = None) -
     'data.eval_set_dirs',
     f'needs one directory per test split {tuple(data.test_splits)}, got {data.eval_set_dirs!r}',
   )
+  _need(
+    not data.test_fold or len(data.test_splits) >= 1,
+    'data.test_splits',
+    'names no split for the test fold (data.test_fold) to become',
+  )
   _need(data.balance in BALANCES, 'data.balance', f'{data.balance!r} is not one of {BALANCES}')
   _need(
     data.padding_side in PADDING_SIDES,
