@@ -12,7 +12,9 @@ from absl import app, flags
 
 from perax.augment import augmented_set, dime_aug
 from perax.core import cli
+from perax.core.errors import InputError
 from perax.data.tables import read_table, read_utterances
+from perax.distributions.levels import LevelDefinition
 
 _MANIFEST = flags.DEFINE_string('manifest', None, 'utterances.parquet of the corpus.', required=True)
 _DISTRIBUTIONS = flags.DEFINE_string(
@@ -35,9 +37,20 @@ _SEED = flags.DEFINE_integer('seed', 0, 'Seeds every random choice.')
 _EDGES = flags.DEFINE_list(
   'edges',
   None,
-  'Ambiguity edges e1,e2 of the normalised entropy; default: tertiles of the --edges_split targets.',
+  'Fixed ambiguity edges e1,e2 of the normalised human entropy; default: --levels, else tertiles of '
+  "the --levels_split's human entropy.",
 )
-_EDGES_SPLIT = flags.DEFINE_string('edges_split', 'train', 'Split whose tertiles give the edges.')
+_LEVELS = flags.DEFINE_string(
+  'levels',
+  None,
+  "The run's level definition: a distributions.json with a 'levels' record, or a LevelDefinition JSON.",
+)
+_LEVELS_SPLIT = flags.DEFINE_string(
+  'levels_split', 'train', 'Split whose human-entropy tertiles define the levels (without --edges/--levels).'
+)
+_PROXY_ONLY = flags.DEFINE_bool(
+  'proxy_only_targets', False, 'Keep utterances without human votes (proxy-only targets).'
+)
 _EVAL_SET = flags.DEFINE_bool(
   'eval_set',
   False,
@@ -50,7 +63,16 @@ _OUT_DIR = flags.DEFINE_string('out_dir', None, 'Output directory.', required=Tr
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  edges = tuple(float(e) for e in _EDGES.value) if _EDGES.value else None
+  levels = None
+  if _EDGES.value:
+    try:
+      levels = LevelDefinition(edges=tuple(float(e) for e in _EDGES.value))
+    except ValueError as error:
+      raise InputError(f'--edges: {error}') from None
+  elif _LEVELS.value:
+    levels = dime_aug.read_levels(_LEVELS.value)
+    if levels is None:
+      raise InputError('holds no level definition', path=_LEVELS.value)
   paths = augmented_set.augment(
     read_utterances(_MANIFEST.value),
     read_table(_DISTRIBUTIONS.value),
@@ -60,9 +82,10 @@ def main(argv):
     size=_SIZE.value,
     seed=_SEED.value,
     config=dime_aug.MixConfig(variant=_VARIANT.value, mixup_alpha=_MIXUP_ALPHA.value),
-    edges=edges,
-    edges_split=_EDGES_SPLIT.value,
+    levels=levels,
+    levels_split=_LEVELS_SPLIT.value,
     eval_set=_EVAL_SET.value,
+    proxy_only_targets=_PROXY_ONLY.value,
   )
   print('wrote', ', '.join(paths.values()))
 

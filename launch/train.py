@@ -6,9 +6,17 @@
       --config.data.distributions=runs/iemocap/distributions.parquet --workdir=runs/iemocap_f3
 
 Writes <workdir>/metrics.jsonl (one line per step), <workdir>/dev_metrics.jsonl and Orbax
-checkpoints under <workdir>/checkpoints; run it again on the same workdir to resume.
+checkpoints under <workdir>/checkpoints; run it again on the same workdir to resume. The workdir is
+locked while a run uses it. To train on the DiME-Aug set launch/augment.py wrote (rather than plan one
+here), pass --config.data.augmented_train_dir=<its out_dir>.
+
+Several processes (hosts), each with its share of the devices, run one job on the global mesh:
+
+  python launch/train.py ... --coordinator_address=host0:1234 --num_processes=2 --process_id=0
+  python launch/train.py ... --coordinator_address=host0:1234 --num_processes=2 --process_id=1
 """
 
+import jax
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -26,10 +34,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   result = loop.train(_CONFIG.value, _WORKDIR.value)
-  print(
-    f'trained steps {result.start_step + 1}..{result.final_step}; best checkpoint: step '
-    f'{result.best_step}; metrics in {_WORKDIR.value}'
-  )
+  if jax.process_index() == 0:
+    print(
+      f'trained steps {result.start_step + 1}..{result.final_step}; best checkpoint: step '
+      f'{result.best_step}; metrics in {_WORKDIR.value}'
+    )
 
 
 if __name__ == '__main__':

@@ -17,6 +17,7 @@ from perax.augment import audio_mix, augmented_set, dime_aug
 from perax.core.errors import InputError
 from perax.data import audio
 from perax.data.tables import column, read_table, utterances_table, write_table
+from perax.distributions.levels import LevelDefinition
 
 SPLIT_SPEAKERS = {'train': ['s0', 's1', 's2', 's3', 's4', 's5'], 'dev': ['s6', 's7'], 'test': ['s8', 's9']}
 # Share of each dominant emotion per split: imbalanced on purpose.
@@ -56,14 +57,14 @@ def _corpus(seed: int = 0, per_split=(('train', 96), ('dev', 24), ('test', 40)))
 @pytest.fixture(scope='module')
 def corpus():
   utterances, distributions = _corpus()
-  edges = dime_aug.edges_from_split(utterances, distributions, LABELS)
-  return utterances, distributions, edges
+  levels = dime_aug.levels_from_split(utterances, distributions, LABELS)
+  return utterances, distributions, levels
 
 
 @pytest.fixture(scope='module')
 def class_plan(corpus):
-  utterances, distributions, edges = corpus
-  return dime_aug.plan_augmentation(utterances, distributions, LABELS, edges, split='train', seed=3)
+  utterances, distributions, levels = corpus
+  return dime_aug.plan_augmentation(utterances, distributions, LABELS, levels, split='train', seed=3)
 
 
 def _targets(table: pa.Table) -> np.ndarray:
@@ -76,17 +77,56 @@ def _by_id(utterances, distributions):
   return p, duration
 
 
-def test_edges_are_train_tertiles(corpus):
-  utterances, distributions, edges = corpus
+def test_levels_are_train_tertiles(corpus):
+  utterances, distributions, levels = corpus
   train = column(utterances, 'split') == 'train'
   entropy = dist.normalized_entropy(_targets(distributions)[train])
-  assert edges == dist.tertile_edges(entropy)
+  assert levels.edges == dist.tertile_edges(entropy)
+  assert (levels.source, levels.split, levels.fitted_on) == ('tertiles', 'train', int(train.sum()))
+
+
+def test_levels_come_from_human_entropy_where_the_table_has_it(corpus):
+  """One level definition: tertiles of the training split's human entropy, which also sets each
+  original's level in a plan (not its combined target's entropy)."""
+  utterances, distributions, _ = corpus
+  rng = np.random.default_rng(7)
+  human = rng.uniform(0.0, 1.0, distributions.num_rows)
+  human[3] = np.nan  # no human votes: the target's entropy stands in
+  with_human = distributions.append_column('entropy_human', pa.array(human))
+  levels = dime_aug.levels_from_split(utterances, with_human, LABELS)
+  train = column(utterances, 'split') == 'train'
+  assert levels.edges == dist.tertile_edges(human[train & ~np.isnan(human)])
+  originals = dime_aug.original_rows(utterances, with_human, LABELS, levels, 'train')
+  entropy = np.where(np.isnan(human), dist.normalized_entropy(_targets(distributions)), human)
+  row = {u: k for k, u in enumerate(column(distributions, 'utt_id'))}
+  e1, e2 = levels.edges
+  for utt_id, level in zip(column(originals, 'utt_id'), column(originals, 'level')):
+    e = entropy[row[utt_id]]
+    assert level == ('low' if e <= e1 else 'medium' if e <= e2 else 'high'), utt_id
+
+
+def test_rows_without_human_votes_are_left_out_of_the_written_set(wav_corpus, tmp_path, capsys):
+  utterances, distributions = wav_corpus
+  n_human = np.full(distributions.num_rows, 3.0)
+  test_rows = np.flatnonzero(column(utterances, 'split') == 'test')
+  n_human[test_rows[:2]] = 0.0
+  with_counts = distributions.append_column('n_human', pa.array(n_human))
+  paths = augmented_set.augment(utterances, with_counts, str(tmp_path / 'kept'), split='test', eval_set=True)
+  written = read_table(paths['plan'])
+  dropped = set(column(distributions, 'utt_id')[test_rows[:2]])
+  used = set(column(written, 'anchor_id')) | set(column(written, 'partner_id'))
+  assert not dropped & used
+  assert '2 of' in capsys.readouterr().err
+  paths = augmented_set.augment(
+    utterances, with_counts, str(tmp_path / 'all'), split='test', eval_set=True, proxy_only_targets=True
+  )
+  assert column(read_table(paths['plan']), 'origin').tolist().count('original') >= 1
 
 
 def test_plan_is_deterministic_from_the_seed(corpus, class_plan):
-  utterances, distributions, edges = corpus
-  again = dime_aug.plan_augmentation(utterances, distributions, LABELS, edges, seed=3)
-  other = dime_aug.plan_augmentation(utterances, distributions, LABELS, edges, seed=4)
+  utterances, distributions, levels = corpus
+  again = dime_aug.plan_augmentation(utterances, distributions, LABELS, levels, seed=3)
+  other = dime_aug.plan_augmentation(utterances, distributions, LABELS, levels, seed=4)
   assert again.equals(class_plan)
   assert not other.equals(class_plan)
 
@@ -122,8 +162,10 @@ def test_classes_are_balanced_exactly(corpus, class_plan):
 
 
 def test_size_spreads_examples_evenly(corpus):
-  utterances, distributions, edges = corpus
-  plan = dime_aug.plan_augmentation(utterances, distributions, LABELS, edges, split='train', size=240, seed=1)
+  utterances, distributions, levels = corpus
+  plan = dime_aug.plan_augmentation(
+    utterances, distributions, LABELS, levels, split='train', size=240, seed=1
+  )
   train = column(utterances, 'split') == 'train'
   originals = collections.Counter(np.asarray(LABELS)[dist.majority(_targets(distributions)[train])])
   added = collections.Counter(column(plan, 'label'))
@@ -132,11 +174,11 @@ def test_size_spreads_examples_evenly(corpus):
 
 
 def test_cells_are_balanced_within_tolerance(corpus):
-  utterances, distributions, edges = corpus
+  utterances, distributions, levels = corpus
   plan = dime_aug.plan_augmentation(
-    utterances, distributions, LABELS, edges, split='train', balance='cells', seed=2
+    utterances, distributions, LABELS, levels, split='train', balance='cells', seed=2
   )
-  originals = dime_aug.original_rows(utterances, distributions, LABELS, edges, 'train')
+  originals = dime_aug.original_rows(utterances, distributions, LABELS, levels, 'train')
   cells = collections.Counter(zip(column(originals, 'label'), column(originals, 'level')))
   quota = max(cells.values())
   cells.update(zip(column(plan, 'label'), column(plan, 'level')))
@@ -152,10 +194,10 @@ def test_cells_are_balanced_within_tolerance(corpus):
 
 
 def test_mixup_weights_and_targets(corpus):
-  utterances, distributions, edges = corpus
+  utterances, distributions, levels = corpus
   config = dime_aug.MixConfig(variant='mixup', mixup_alpha=0.4)
   plan = dime_aug.plan_augmentation(
-    utterances, distributions, LABELS, edges, split='train', seed=5, config=config
+    utterances, distributions, LABELS, levels, split='train', seed=5, config=config
   )
   p, duration = _by_id(utterances, distributions)
   weights = column(plan, 'weight')
@@ -168,8 +210,8 @@ def test_mixup_weights_and_targets(corpus):
 
 
 def test_eval_set_is_balanced_and_leaks_nothing(corpus):
-  utterances, distributions, edges = corpus
-  eval_set = dime_aug.build_eval_set(utterances, distributions, LABELS, edges, split='test', seed=0)
+  utterances, distributions, levels = corpus
+  eval_set = dime_aug.build_eval_set(utterances, distributions, LABELS, levels, split='test', seed=0)
   speaker = dict(zip(column(utterances, 'utt_id'), column(utterances, 'speaker')))
   split = dict(zip(column(utterances, 'utt_id'), column(utterances, 'split')))
   used = [
@@ -191,8 +233,8 @@ def test_eval_set_is_balanced_and_leaks_nothing(corpus):
 
 
 def test_eval_set_with_size_takes_originals_first(corpus):
-  utterances, distributions, edges = corpus
-  eval_set = dime_aug.build_eval_set(utterances, distributions, LABELS, edges, split='test', size=32, seed=0)
+  utterances, distributions, levels = corpus
+  eval_set = dime_aug.build_eval_set(utterances, distributions, LABELS, levels, split='test', size=32, seed=0)
   counts = collections.Counter(column(eval_set, 'label'))
   assert {counts[c] for c in LABELS} == {8}
   test = column(utterances, 'split') == 'test'
@@ -202,24 +244,24 @@ def test_eval_set_with_size_takes_originals_first(corpus):
 
 
 def test_eval_set_refuses_speakers_shared_with_other_splits(corpus):
-  utterances, distributions, edges = corpus
+  utterances, distributions, levels = corpus
   speakers = column(utterances, 'speaker').copy()
   speakers[0] = SPLIT_SPEAKERS['test'][0]  # a train utterance by a test speaker
   leaky = utterances.set_column(utterances.schema.get_field_index('speaker'), 'speaker', pa.array(speakers))
   assert dime_aug.speaker_leaks(leaky, 'test') == {SPLIT_SPEAKERS['test'][0]}
   with pytest.raises(InputError, match='speakers of split'):
-    dime_aug.build_eval_set(leaky, distributions, LABELS, edges, split='test')
+    dime_aug.build_eval_set(leaky, distributions, LABELS, levels, split='test')
   allowed = dime_aug.build_eval_set(
-    leaky, distributions, LABELS, edges, split='test', allow_speaker_overlap=True
+    leaky, distributions, LABELS, levels, split='test', allow_speaker_overlap=True
   )
   assert allowed.num_rows > 0
 
 
 def test_bad_target_names_the_utterance(corpus):
-  utterances, distributions, edges = corpus
+  utterances, distributions, levels = corpus
   bad = distributions.set_column(1, 'p_neutral', pa.array(column(distributions, 'p_neutral') + 0.5))
   with pytest.raises(InputError, match='train_000'):
-    dime_aug.plan_augmentation(utterances, bad, LABELS, edges)
+    dime_aug.plan_augmentation(utterances, bad, LABELS, levels)
 
 
 def test_concatenate_matches_loudness_and_gap():
@@ -287,17 +329,16 @@ def wav_corpus(tmp_path_factory):
   return utterances, distributions
 
 
-def test_write_augmented_set_renders_the_plan(wav_corpus, tmp_path):
+def test_write_augmented_set_renders_the_plan(wav_corpus, tmp_path, capsys):
   utterances, distributions = wav_corpus
-  edges = dime_aug.edges_from_split(utterances, distributions, LABELS)
-  plan = dime_aug.build_eval_set(utterances, distributions, LABELS, edges, split='test', seed=0)
-  lines = []
+  levels = dime_aug.levels_from_split(utterances, distributions, LABELS)
+  plan = dime_aug.build_eval_set(utterances, distributions, LABELS, levels, split='test', seed=0)
   utt_path, dist_path = augmented_set.write_augmented_set(
-    plan, utterances, distributions, LABELS, edges, str(tmp_path), lines.append
+    plan, utterances, distributions, LABELS, levels, str(tmp_path)
   )
   written, targets = read_table(utt_path), read_table(dist_path)
   assert column(written, 'utt_id').tolist() == column(plan, 'utt_id').tolist()
-  assert 'examples/s' in lines[-1]
+  assert 'examples/s' in capsys.readouterr().err
   np.testing.assert_allclose(_targets(targets), _targets(plan))
   by_id = {r['utt_id']: r for r in utterances.to_pylist()}
   for row in written.to_pylist():
@@ -339,14 +380,14 @@ def test_launcher_writes_a_balanced_set(wav_corpus, tmp_path):
   written = read_table(out / 'distributions.parquet')
   counts = collections.Counter(column(written, 'majority'))
   assert len(counts) > 1 and len(set(counts.values())) == 1, counts  # classes with utterances
-  assert 'DiME-Aug:' in result.stdout
+  assert '[DiME-Aug]' in result.stderr and 'augmented examples' in result.stderr
   plan = read_table(out / 'plan.parquet')
   assert plan.num_rows == written.num_rows
 
 
 def test_emodb_examples_render_from_real_audio(emodb_dir):
   utterances, distributions = emodb_tables(emodb_dir, max_files=60)
-  plan = dime_aug.plan_augmentation(utterances, distributions, LABELS, (0.0, 0.0), seed=0)
+  plan = dime_aug.plan_augmentation(utterances, distributions, LABELS, LevelDefinition((0.0, 0.0)), seed=0)
   assert plan.num_rows > 0
   paths = dict(zip(column(utterances, 'utt_id'), column(utterances, 'audio_path')))
   for row in plan.to_pylist()[:3]:

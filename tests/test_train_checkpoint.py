@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from perax.models import sharding
 from perax.train import checkpointing, head, mesh, optim
 from perax.train import state as state_lib
 
@@ -21,7 +22,7 @@ def saved(tmp_path_factory):
   model = head.DistributionalHead(16, 4, kind='mlp', mlp_size=8, rngs=nnx.Rngs(0))
   _, params, frozen = nnx.split(model, nnx.Param, ...)
   tx, _ = optim.make_optimizer(learning_rate=0.1, total_steps=10, warmup_steps=1)
-  one = mesh.make_mesh('1,1,1', devices=jax.devices()[:1])
+  one = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
   train_state = state_lib.create_train_state(params, frozen, tx)
   train_state = jax.device_put(train_state, mesh.state_shardings(train_state, one))
   grads = jax.tree.map(jnp.ones_like, train_state.params)
@@ -43,7 +44,7 @@ def saved(tmp_path_factory):
 
 def test_restore_onto_a_2x4_mesh(saved):
   directory, saved_state, next_batch, _ = saved
-  target_mesh = mesh.make_mesh('2,4,1')
+  target_mesh = sharding.make_mesh(2, 4, 1)
   shardings = mesh.state_shardings(saved_state, target_mesh)
   checkpointer = checkpointing.Checkpointer(directory)
   iterator = _iterator()

@@ -51,21 +51,21 @@ def config(tmp_path_factory):
   demo = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(demo)
   base = demo.get_config()
-  data_lib.load_run_data(base.data, str(inputs), seed=0, echo=lambda line: None)
+  data_lib.load_run_data(base.data, str(inputs), seed=0)
   base.data.utterances = str(inputs / data_lib.DATA_DIRNAME / data_lib.UTTERANCES_FILE)
   base.data.distributions = str(inputs / data_lib.DATA_DIRNAME / data_lib.DISTRIBUTIONS_FILE)
   base.model.checkpoint = tiny.make_tiny_checkpoint(inputs / 'tiny', seed=0)
   base.total_steps = TOTAL_STEPS
   base.checkpoint_every = CHECKPOINT_EVERY
   base.warmup_steps = 2
-  base.mesh_shape = '1,-1,1'
+  base.mesh_shape = (1, -1, 1)
   return base
 
 
 @pytest.fixture(scope='module')
 def uninterrupted(config, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('uninterrupted'))
-  return loop.train(config, workdir, echo=lambda line: None)
+  return loop.train(config, workdir)
 
 
 def _losses(workdir):
@@ -90,21 +90,22 @@ def test_metrics_file_has_every_step_and_the_loss_decreases(uninterrupted):
 
 def test_kill_and_resume_reproduces_the_losses_exactly(config, uninterrupted, tmp_path):
   workdir = str(tmp_path)
-  killed = loop.train(config, workdir, stop_at_step=STOP_AT, echo=lambda line: None)
+  killed = loop.train(config, workdir, stop_at_step=STOP_AT)
   assert killed.final_step == STOP_AT
-  resumed = loop.train(config, workdir, echo=lambda line: None)
+  resumed = loop.train(config, workdir)
   assert resumed.start_step == CHECKPOINT_EVERY
   # Steps after the checkpoint ran twice; metrics.jsonl keeps the resumed run's, and every loss
   # equals the uninterrupted run's bit for bit.
   assert _losses(workdir) == _losses(uninterrupted.workdir)
   rerun = range(CHECKPOINT_EVERY + 1, STOP_AT + 1)
   assert {s: killed.losses[s] for s in rerun} == {s: resumed.losses[s] for s in rerun}
+  # The resumed call reports the whole run from step 1 (issue 14: a report's first loss and plot).
+  assert resumed.losses == loop.loss_history(workdir) == uninterrupted.losses
+  assert sorted(resumed.losses) == list(range(1, TOTAL_STEPS + 1))
 
 
 def test_evaluate_writes_predictions_and_metrics(config, uninterrupted, tmp_path):
-  results = evaluate.evaluate_checkpoint(
-    config, uninterrupted.workdir, 'best', str(tmp_path), echo=lambda line: None
-  )
+  results = evaluate.evaluate_checkpoint(config, uninterrupted.workdir, 'best', str(tmp_path))
   assert set(results) == {'test', 'test_balanced'}
   distributions = tables.read_table(config.data.distributions)
   utterances = tables.read_utterances(config.data.utterances)

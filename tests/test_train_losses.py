@@ -1,6 +1,7 @@
 """Losses, pooling, class weights, learning-rate schedule and mesh parsing, against independent
 results."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -8,7 +9,8 @@ import scipy.spatial.distance
 import scipy.special
 import scipy.stats
 
-from perax.train import head, losses, mesh, optim
+from perax.models import sharding
+from perax.train import head, losses, optim
 
 
 @pytest.fixture(scope='module')
@@ -91,17 +93,23 @@ def test_schedule_warms_up_then_decays_to_the_floor():
 
 
 @pytest.mark.parametrize(
-  'spec, devices, expected',
-  [('2,4,1', 8, (2, 4, 1)), ('-1,1,1', 8, (8, 1, 1)), ('1,-1,2', 8, (1, 4, 2)), ((1, 1, 1), 1, (1, 1, 1))],
+  'sizes, devices, expected',
+  [
+    ((2, 4, 1), 8, (2, 4, 1)),
+    ((-1, 1, 1), 8, (8, 1, 1)),
+    ((1, -1, 2), 8, (1, 4, 2)),
+    ((1, 1, 1), 1, (1, 1, 1)),
+  ],
 )
-def test_parse_mesh_shape(spec, devices, expected):
-  assert mesh.parse_mesh_shape(spec, devices) == expected
+def test_make_mesh_sizes(sizes, devices, expected):
+  mesh = sharding.make_mesh(*sizes, devices=jax.devices()[:devices])
+  assert tuple(mesh.shape[a] for a in sharding.MESH_AXES) == expected
 
 
-@pytest.mark.parametrize('spec', ['2,4', '2,2,1', '-1,-1,1', '3,-1,1', 'a,b,c', '0,8,1'])
-def test_parse_mesh_shape_rejects(spec):
+@pytest.mark.parametrize('sizes', [(2, 2, 1), (-1, -1, 1), (3, -1, 1), (0, 8, 1), (-2, 4, 1)])
+def test_make_mesh_rejects(sizes):
   with pytest.raises(ValueError):
-    mesh.parse_mesh_shape(spec, 8)
+    sharding.make_mesh(*sizes)
 
 
 def test_pooling_last_valid_position_and_audio_mean():

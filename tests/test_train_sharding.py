@@ -122,13 +122,13 @@ def batch(checkpoint):
 def one_device(full, batch):
   """Loss, per-example losses and gradients of the full model on a single device."""
   graphdef, params, frozen, _ = full
-  one = mesh_lib.make_mesh('1,1,1', devices=jax.devices()[:1])
+  one = model_sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
   return loss_and_grads(graphdef, params, frozen, batch, one)
 
 
 def test_parameters_are_sharded_as_the_rules_say(full):
   _, params, _, _ = full
-  mesh = mesh_lib.make_mesh('2,2,2')
+  mesh = model_sharding.make_mesh(2, 2, 2)
   placed = jax.device_put(params, mesh_lib.state_shardings(params, mesh))
   for path, variable in nnx.to_flat_state(placed):
     value = variable[...]
@@ -148,7 +148,7 @@ def test_parameters_are_sharded_as_the_rules_say(full):
 
 
 def test_batch_is_split_over_data_and_fsdp(batch):
-  mesh = mesh_lib.make_mesh('2,4,1')
+  mesh = model_sharding.make_mesh(2, 4, 1)
   placed = step.device_batch(batch, step.TRAIN_INPUTS, mesh)
   assert {s.data.shape for s in placed['input_features'].addressable_shards} == {(2, 128, 200)}
 
@@ -164,7 +164,7 @@ def test_padding_rows_are_left_out_of_the_loss(batch, one_device):
 def test_same_loss_and_gradients_on_one_device_and_a_2x4_mesh(full, batch, one_device):
   graphdef, params, frozen, _ = full
   loss_one, _, grads_one = one_device
-  loss_8, _, grads_8 = loss_and_grads(graphdef, params, frozen, batch, mesh_lib.make_mesh('2,4,1'))
+  loss_8, _, grads_8 = loss_and_grads(graphdef, params, frozen, batch, model_sharding.make_mesh(2, 4, 1))
   # float32 throughout; only the order of the sums differs: agree to 1e-5 relative.
   np.testing.assert_allclose(loss_8, loss_one, rtol=1e-5)
   flat_one, flat_8 = jax.tree.leaves(grads_one), jax.tree.leaves(grads_8)
@@ -180,7 +180,7 @@ def test_accumulated_step_on_2x4_matches_the_one_device_gradients(full, batch, o
   loss_one, _, grads_one = one_device
   head_graphdef, head_params, head_frozen = state_lib.split_model(nnx.merge(graphdef, params, frozen), 'head')
   head_grads = grads_one['head']
-  mesh = mesh_lib.make_mesh('2,4,1')
+  mesh = model_sharding.make_mesh(2, 4, 1)
   train_state, compiled = place(head_graphdef, head_params, head_frozen, mesh, microbatches=2)
   train_state, metrics = compiled(train_state, step.device_batch(batch, step.TRAIN_INPUTS, mesh))
   np.testing.assert_allclose(float(metrics['loss']), loss_one, rtol=1e-5)
@@ -210,7 +210,7 @@ def test_lora_starts_at_the_base_model_and_trains_only_adapters_and_head(checkpo
   assert all(p.startswith('head/') or p.endswith(('lora_a', 'lora_b')) for p in trainable)
   assert len([p for p in trainable if p.endswith('lora_b')]) == len(adapted)
   # Adam moments exist for the trainable parameters only.
-  mesh = mesh_lib.make_mesh('2,4,1')
+  mesh = model_sharding.make_mesh(2, 4, 1)
   train_state, compiled = place(graphdef, params, frozen, mesh)
   moments = sum(x.size for x in jax.tree.leaves(train_state.opt_state) if x.ndim)
   assert moments == 2 * state_lib.count_parameters(params)  # Adam's mu and nu, nothing frozen
@@ -246,7 +246,7 @@ def test_lora_starts_at_the_base_model_and_trains_only_adapters_and_head(checkpo
 def test_bf16_compute_keeps_float32_master_weights_and_learns(checkpoint, batch):
   graphdef, params, frozen, _ = build(checkpoint, 'head', compute_dtype='bfloat16', head='mlp')
   assert {x.dtype for x in jax.tree.leaves(frozen)} == {jnp.dtype('float32')}
-  mesh = mesh_lib.make_mesh('2,4,1')
+  mesh = model_sharding.make_mesh(2, 4, 1)
   train_state, compiled = place(graphdef, params, frozen, mesh)
   placed = step.device_batch(batch, step.TRAIN_INPUTS, mesh)
   history = []

@@ -9,14 +9,17 @@ after the standard columns.
 distributions.parquet follows perax.distributions' layout: utt_id, n_human, n_synthetic,
 ``p_<label>``, entropy (normalised), ambiguity, majority.  Originals keep their input row (vote
 counts included, where the input has them); an augmented example has null vote counts, and its
-ambiguity is the level of its own target against the edges the plan used (as is an original's where
-the input has no ambiguity column).
+ambiguity is the level of its own target under the plan's level definition (an original's, where the
+input has no ambiguity column, is that of its human entropy under the same definition).
+
+Rows without human votes (``has_human`` false, or ``n_human`` 0) are left out before planning unless
+``proxy_only_targets`` is set; they are counted and logged.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -25,6 +28,7 @@ from perax import distributions as dist
 from perax.augment import dime_aug
 from perax.augment.audio_mix import AUGMENTED, SAMPLE_RATE, render
 from perax.augment.dime_aug import target_matrix
+from perax.core import log
 from perax.core.errors import InputError
 from perax.core.progress import Progress
 from perax.data import audio
@@ -36,6 +40,7 @@ from perax.data.tables import (
   utterances_table,
   write_table,
 )
+from perax.distributions.levels import LevelDefinition
 
 PROVENANCE = ('origin', 'anchor_id', 'partner_id', 'weight', 'variant', 'gap_s')
 
@@ -49,9 +54,8 @@ def write_augmented_set(
   utterances: pa.Table,
   distributions: pa.Table,
   labels: Sequence[str],
-  edges: tuple[float, float],
+  levels: LevelDefinition,
   out_dir: str,
-  print_fn: Callable[[str], None] | None = None,
 ) -> tuple[str, str]:
   """Renders and writes a plan (augmented and original rows alike).
 
@@ -60,9 +64,8 @@ def write_augmented_set(
     utterances: the corpus's utterances (anchors and partners are looked up here).
     distributions: the corpus's distributions (originals' rows are copied from here).
     labels: the label set's labels, in column order.
-    edges: the ambiguity edges the plan used.
+    levels: the level definition the plan used.
     out_dir: created if needed; gets wav/, utterances.parquet and distributions.parquet.
-    print_fn: where progress lines go (stderr by default).
 
   Returns:
     (utterances.parquet path, distributions.parquet path).
@@ -87,7 +90,6 @@ def write_augmented_set(
     unit='examples',
     what='DiME-Aug render',
     every_s=5.0,
-    print_fn=print_fn,
   )
   wav_dir = os.path.join(out_dir, 'wav')
   out_utterances = []
@@ -117,7 +119,7 @@ def write_augmented_set(
   progress.close()
   utterances_path = write_table(utterances_table(out_utterances), os.path.join(out_dir, 'utterances.parquet'))
   return utterances_path, write_table(
-    _distributions_table(plan, distributions, dist_row, labels, edges),
+    _distributions_table(plan, distributions, dist_row, labels, levels),
     os.path.join(out_dir, 'distributions.parquet'),
   )
 
@@ -127,7 +129,7 @@ def _distributions_table(
   distributions: pa.Table,
   dist_row: dict[str, int],
   labels: Sequence[str],
-  edges: tuple[float, float],
+  levels: LevelDefinition,
 ) -> pa.Table:
   """distributions.parquet rows for the plan: input rows for originals, computed for augmented."""
   p = target_matrix(plan, labels)
@@ -143,7 +145,10 @@ def _distributions_table(
     return pa.array([None if k < 0 else values[k] for k in source_rows], type=dtype)
 
   entropy = dist.normalized_entropy(p)
-  own_levels = dist.ambiguity_levels(entropy, edges)
+  own_levels = levels.levels(entropy)
+  if 'entropy_human' in distributions.column_names:
+    human = copied('entropy_human', pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
+    own_levels = np.where(augmented | np.isnan(human), own_levels, levels.levels(human))
   if 'ambiguity' in distributions.column_names:
     copied_levels = copied('ambiguity', pa.string()).to_numpy(zero_copy_only=False)
     own_levels = np.where(augmented, own_levels, copied_levels)
@@ -162,6 +167,32 @@ def _distributions_table(
   return pa.table(columns)
 
 
+def human_rows(distributions: pa.Table) -> np.ndarray:
+  """[N] bool: the row's target holds human votes (``has_human``, else ``n_human`` > 0; every row
+  where the table has neither column)."""
+  if 'has_human' in distributions.column_names:
+    return np.asarray([bool(v) for v in column(distributions, 'has_human')], bool)
+  if 'n_human' in distributions.column_names:
+    counts = column(distributions, 'n_human').astype(np.float64)
+    return np.nan_to_num(counts) > 0
+  return np.ones(distributions.num_rows, bool)
+
+
+def keep_human_targets(distributions: pa.Table, proxy_only_targets: bool, what: str) -> pa.Table:
+  """``distributions`` without the rows that have no human vote (unless ``proxy_only_targets``);
+  what is left out is counted in a warning naming ``what`` it was left out of."""
+  if proxy_only_targets:
+    return distributions
+  human = human_rows(distributions)
+  if not human.all():
+    log.warning(
+      f'{int((~human).sum())} of {len(human)} utterances have no human vote: left out of {what} '
+      '(set proxy_only_targets to use their proxy-only targets)',
+      stage='targets',
+    )
+  return distributions.filter(pa.array(human))
+
+
 def augment(
   utterances: pa.Table,
   distributions: pa.Table,
@@ -172,10 +203,10 @@ def augment(
   size: int | None = None,
   seed: int = 0,
   config: dime_aug.MixConfig | None = None,
-  edges: tuple[float, float] | None = None,
-  edges_split: str = 'train',
+  levels: LevelDefinition | None = None,
+  levels_split: str = 'train',
   eval_set: bool = False,
-  print_fn: Callable[[str], None] = print,
+  proxy_only_targets: bool = False,
 ) -> dict[str, str]:
   """Plans DiME-Aug for one split (or its balanced evaluation set) and writes it out.
 
@@ -187,30 +218,31 @@ def augment(
     size: examples wanted in all, originals included; None brings every class (cell) up to the largest.
     seed: seeds every random choice.
     config: how pairs are drawn and mixed (default :class:`perax.augment.dime_aug.MixConfig`).
-    edges: ambiguity edges (e1, e2); None takes the tertiles of ``edges_split``'s targets.
+    levels: the run's level definition; None fits tertiles of ``levels_split``'s human entropy.
     eval_set: build the balanced evaluation set of ``split`` (originals first, augmented fill the
       deficits, no speaker leaks) instead of the balanced training set.
-    print_fn: receives the plan summary and progress lines.
+    proxy_only_targets: keep rows without human votes (their targets are proxy evidence alone).
 
   Returns:
     {'plan', 'utterances', 'distributions'}: the paths written.
   """
   labels = labels_from_columns(distributions.column_names)
-  if edges is None:
-    edges = dime_aug.edges_from_split(utterances, distributions, labels, edges_split)
+  distributions = keep_human_targets(distributions, proxy_only_targets, f'DiME-Aug of split {split!r}')
+  if levels is None:
+    levels = dime_aug.levels_from_split(utterances, distributions, labels, levels_split)
   options = dict(split=split, balance=balance, size=size, seed=seed, config=config or dime_aug.MixConfig())
   if eval_set:
-    plan = dime_aug.build_eval_set(utterances, distributions, labels, edges, **options)
+    plan = dime_aug.build_eval_set(utterances, distributions, labels, levels, **options)
   else:
     plan = concat(
       [
-        dime_aug.original_rows(utterances, distributions, labels, edges, split),
-        dime_aug.plan_augmentation(utterances, distributions, labels, edges, **options),
+        dime_aug.original_rows(utterances, distributions, labels, levels, split),
+        dime_aug.plan_augmentation(utterances, distributions, labels, levels, **options),
       ]
     )
-  print_fn(dime_aug.plan_summary(plan, edges))
+  log.info(dime_aug.plan_summary(plan, levels), stage='DiME-Aug')
   plan_path = write_table(plan, os.path.join(out_dir, 'plan.parquet'))
   utterances_path, distributions_path = write_augmented_set(
-    plan, utterances, distributions, labels, edges, out_dir, print_fn
+    plan, utterances, distributions, labels, levels, out_dir
   )
   return {'plan': plan_path, 'utterances': utterances_path, 'distributions': distributions_path}

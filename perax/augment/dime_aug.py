@@ -4,8 +4,10 @@ cells) are balanced, and a balanced evaluation set from the test split alone.
 Our design (field notes, section 2; the paper names DiME-Aug but its details were not available):
 
 * A *cell* is (dominant emotion, ambiguity level): the argmax of the target distribution, and
-  low | medium | high by its normalised entropy against the edges (e1, e2) passed in (usually the
-  tertiles of the training split, :func:`edges_from_split`).
+  low | medium | high by the run's one level definition (perax.distributions.levels.LevelDefinition,
+  usually the tertiles of the training split's human entropy, :func:`levels_from_split`). An original
+  utterance's level is that of its human entropy (``entropy_human``; its target's entropy where the
+  table has no human entropy), a mixed example's level that of its mixed target's normalised entropy.
 * The *target histogram* is balanced over dominant emotions (``balance='classes'``; the ambiguity
   level of each added example is drawn from the split's own level shares) or over all cells
   (``balance='cells'``).  By default every class (cell) is brought up to the largest one; ``size``
@@ -35,18 +37,17 @@ from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
-from absl import logging
 
 from perax import distributions as dist
 from perax.augment.audio_mix import AUGMENTED, CONCAT, MIXUP, ORIGINAL, utterance_durations
+from perax.core import jsonio, log
 from perax.core.errors import InputError
 from perax.data.tables import column, label_columns
+from perax.distributions.levels import LEVELS, LevelDefinition, fit_levels
 
-LEVELS = dist.LEVELS
 BALANCES = ('classes', 'cells')
 VARIANTS = (CONCAT, MIXUP)
 LOW, MEDIUM, HIGH = range(len(LEVELS))
-_LEVEL_INDEX = {level: k for k, level in enumerate(LEVELS)}
 # How far from 1 a target's sum may be before it is refused (it is renormalised otherwise).
 _SUM_TOLERANCE = 1e-4
 # A candidate's distance to the wanted cell: a wrong dominant emotion outweighs any level gap.
@@ -113,7 +114,7 @@ class _Pool:
   dominant: np.ndarray  # [N] int64 label index
   level: np.ndarray  # [N] int64 index into LEVELS
   split: str
-  edges: tuple[float, float]
+  levels: LevelDefinition
 
 
 def target_matrix(distributions: pa.Table, labels: Sequence[str]) -> np.ndarray:
@@ -136,27 +137,58 @@ def target_matrix(distributions: pa.Table, labels: Sequence[str]) -> np.ndarray:
   return p / total[:, None]
 
 
-def level_index(p: np.ndarray, edges: tuple[float, float]) -> np.ndarray:
-  """[N] int64 ambiguity level (index into LEVELS) of distributions p [N, C]."""
-  levels = dist.ambiguity_levels(dist.normalized_entropy(p), edges)
-  return np.asarray([_LEVEL_INDEX[str(level)] for level in levels], np.int64)
+def level_index(p: np.ndarray, levels: LevelDefinition) -> np.ndarray:
+  """[N] int64 ambiguity level (index into LEVELS) of distributions p [N, C], by their normalised entropy."""
+  return levels.index(dist.normalized_entropy(p))
 
 
-def edges_from_split(
+def human_entropy(distributions: pa.Table, labels: Sequence[str]) -> np.ndarray:
+  """[N] normalised entropy that sets each row's level: ``entropy_human``, or the target's entropy
+  where that is NaN or the table has no such column."""
+  target = dist.normalized_entropy(target_matrix(distributions, labels))
+  if 'entropy_human' not in distributions.column_names:
+    return target
+  human = column(distributions, 'entropy_human').astype(np.float64)
+  return np.where(np.isnan(human), target, human)
+
+
+def levels_from_split(
   utterances: pa.Table, distributions: pa.Table, labels: Sequence[str], split: str = 'train'
-) -> tuple[float, float]:
-  """Tertile edges of the normalised entropy of the targets of one split's utterances."""
+) -> LevelDefinition:
+  """The run's level definition fitted here: tertiles of one split's human entropy
+  (perax.distributions.levels.fit_levels; the targets' entropy where a table has no human entropy)."""
   in_split = set(column(utterances, 'utt_id')[column(utterances, 'split') == split])
   if not in_split:
-    raise InputError(f'no utterances in split {split!r} to take ambiguity edges from')
-  rows = np.asarray([u in in_split for u in column(distributions, 'utt_id')], bool)
-  if not rows.any():
+    raise InputError(f'no utterances in split {split!r} to fit the ambiguity levels on')
+  splits = np.asarray([split if u in in_split else None for u in column(distributions, 'utt_id')], object)
+  if not (splits == split).any():
     raise InputError(f'no distributions for the utterances of split {split!r}')
-  return dist.tertile_edges(dist.normalized_entropy(target_matrix(distributions.filter(rows), labels)))
+  entropy = (
+    column(distributions, 'entropy_human').astype(np.float64)
+    if 'entropy_human' in distributions.column_names
+    else dist.normalized_entropy(target_matrix(distributions, labels))
+  )
+  return fit_levels(entropy, splits, split=split)
+
+
+def read_levels(path: str) -> LevelDefinition | None:
+  """The level definition a JSON file holds: its ``levels`` record (a distributions.json), or the file
+  itself when it is a LevelDefinition record (edges and source); None when it holds neither."""
+  record = jsonio.read_json(path)
+  if not isinstance(record, dict):
+    raise InputError('expected a JSON object with a level definition', path=path)
+  try:
+    if isinstance(record.get('levels'), dict):
+      return LevelDefinition.from_json(record['levels'])
+    if 'edges' in record and 'source' in record:
+      return LevelDefinition.from_json(record)
+  except (KeyError, TypeError, ValueError) as error:
+    raise InputError(f'not a level definition: {error}', path=path) from None
+  return None
 
 
 def _pool(
-  utterances: pa.Table, distributions: pa.Table, labels: Sequence[str], edges: tuple[float, float], split: str
+  utterances: pa.Table, distributions: pa.Table, labels: Sequence[str], levels: LevelDefinition, split: str
 ) -> _Pool:
   """The split's utterances joined with their targets; those without one are left out (logged)."""
   utts = utterances.filter(pa.array(column(utterances, 'split') == split))
@@ -167,17 +199,18 @@ def _pool(
   ids = column(utts, 'utt_id')
   has_target = np.asarray([u in row_of for u in ids], bool)
   if not has_target.all():
-    logging.warning(
-      'DiME-Aug: %d of %d utterances of split %r have no target distribution and are left out',
-      int((~has_target).sum()),
-      len(ids),
-      split,
+    log.warning(
+      f'{int((~has_target).sum())} of {len(ids)} utterances of split {split!r} have no target '
+      'distribution and are left out',
+      stage='DiME-Aug',
     )
   utts = utts.filter(pa.array(has_target))
   ids = column(utts, 'utt_id')
   if len(ids) < 2:
     raise InputError(f'split {split!r} has {len(ids)} utterances with targets; DiME-Aug needs 2')
-  p = p_all[[row_of[u] for u in ids]]
+  rows = [row_of[u] for u in ids]
+  p = p_all[rows]
+  entropy = human_entropy(distributions, labels)[rows]
   return _Pool(
     ids=ids,
     p=p,
@@ -185,9 +218,9 @@ def _pool(
     transcript=column(utts, 'transcript'),
     speaker=column(utts, 'speaker'),
     dominant=dist.majority(p),
-    level=level_index(p, edges),
+    level=levels.index(entropy),
     split=split,
-    edges=tuple(edges),
+    levels=levels,
   )
 
 
@@ -220,11 +253,10 @@ def _wanted_cells(
   present = np.repeat(np.bincount(pool.dominant, minlength=num_labels) > 0, groups_per_class)
   if not present.all():
     absent = num_labels - int(present.sum()) // groups_per_class
-    logging.warning(
-      'DiME-Aug: split %r has no utterance dominated by %d of the %d labels; they are not balanced',
-      pool.split,
-      absent,
-      num_labels,
+    log.warning(
+      f'split {pool.split!r} has no utterance dominated by {absent} of the {num_labels} labels; '
+      'they are not balanced',
+      stage='DiME-Aug',
     )
   quota = np.zeros_like(counts)
   quota[present] = counts.max() if size is None else _even_targets(size, int(present.sum()))
@@ -306,7 +338,7 @@ class _Sampler:
       weights, gaps, durations = self._mix(anchor, partners)
       targets = weights[:, None] * pool.p[anchor] + (1.0 - weights[:, None]) * pool.p[partners]
       labels = dist.majority(targets)
-      levels = level_index(targets, pool.edges)
+      levels = level_index(targets, pool.levels)
       distance = (_WRONG_CLASS_DISTANCE * (labels != wanted_class) + np.abs(levels - wanted_level)).astype(
         np.float64
       )
@@ -440,7 +472,7 @@ def plan_augmentation(
   utterances: pa.Table,
   distributions: pa.Table,
   labels: Sequence[str],
-  edges: tuple[float, float],
+  levels: LevelDefinition,
   split: str = 'train',
   balance: str = 'classes',
   size: int | None = None,
@@ -454,7 +486,7 @@ def plan_augmentation(
       with a row in ``distributions``.
     distributions: utt_id and ``p_<label>`` for every label of ``labels``.
     labels: the label set's labels, in column order.
-    edges: (e1, e2) normalised-entropy edges of the ambiguity levels.
+    levels: the run's ambiguity level definition.
     split: the split to balance; anchors and partners both come from it.
     balance: 'classes' or 'cells'.
     size: examples wanted in all, originals included; None brings every class (cell) up to the
@@ -466,7 +498,7 @@ def plan_augmentation(
     The plan: PLAN_COLUMNS then ``p_<label>`` per label; origin is 'augmented' in every row.
   """
   labels = list(labels)
-  pool = _pool(utterances, distributions, labels, edges, split)
+  pool = _pool(utterances, distributions, labels, levels, split)
   rng = np.random.default_rng(seed)
   wanted_class, wanted_level, _ = _wanted_cells(pool, len(labels), balance, size, rng)
   return _plan_table(
@@ -487,7 +519,7 @@ def build_eval_set(
   utterances: pa.Table,
   distributions: pa.Table,
   labels: Sequence[str],
-  edges: tuple[float, float],
+  levels: LevelDefinition,
   split: str = 'test',
   balance: str = 'classes',
   size: int | None = None,
@@ -502,7 +534,7 @@ def build_eval_set(
   the set holds no utterance and no speaker of any other split.
 
   Args:
-    utterances, distributions, labels, edges, balance, size, seed, config: as for
+    utterances, distributions, labels, levels, balance, size, seed, config: as for
       :func:`plan_augmentation`.
     split: the evaluation split.
     allow_speaker_overlap: accept a corpus whose evaluation speakers also speak in other splits.
@@ -521,7 +553,7 @@ def build_eval_set(
       f'(e.g. {sorted(leaks)[:3]}); an unbiased evaluation set needs a '
       f'speaker-independent split'
     )
-  pool = _pool(utterances, distributions, labels, edges, split)
+  pool = _pool(utterances, distributions, labels, levels, split)
   rng = np.random.default_rng(seed)
   wanted_class, wanted_level, quota = _wanted_cells(pool, len(labels), balance, size, rng)
   group = _groups(pool, balance)
@@ -534,15 +566,15 @@ def build_eval_set(
 
 
 def original_rows(
-  utterances: pa.Table, distributions: pa.Table, labels: Sequence[str], edges: tuple[float, float], split: str
+  utterances: pa.Table, distributions: pa.Table, labels: Sequence[str], levels: LevelDefinition, split: str
 ) -> pa.Table:
   """Every utterance of ``split`` that has a target, as plan rows of origin 'original'."""
   labels = list(labels)
-  pool = _pool(utterances, distributions, labels, edges, split)
+  pool = _pool(utterances, distributions, labels, levels, split)
   return _plan_table(pool, labels, [_original_row(pool, labels, i) for i in range(len(pool.ids))])
 
 
-def plan_summary(plan: pa.Table, edges: tuple[float, float]) -> str:
+def plan_summary(plan: pa.Table, levels: LevelDefinition) -> str:
   """A text table of a plan: examples per dominant emotion and level, originals and augmented."""
   origin, label, level = (column(plan, name) for name in ('origin', 'label', 'level'))
   labels = [name[2:] for name in plan.column_names if name.startswith('p_')]
@@ -550,7 +582,7 @@ def plan_summary(plan: pa.Table, edges: tuple[float, float]) -> str:
     f'DiME-Aug: {int((origin == ORIGINAL).sum())} original + '
     f'{int((origin == AUGMENTED).sum())} augmented examples, '
     f'{int(column(plan, "fallback").sum())} fallbacks to the nearest cell; '
-    f'ambiguity edges e1={edges[0]:.4g} e2={edges[1]:.4g}'
+    f'ambiguity levels: {levels.describe()}'
   )
   width = max(len(name) for name in labels + ['label'])
   lines = [

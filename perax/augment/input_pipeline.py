@@ -23,7 +23,7 @@ function of its index:
 Every batch of audio bucket b has input_features [B, 128, 100 b] and input_ids [B, L_b] with L_b
 fixed per bucket, so a jitted step compiles once per bucket.  Elements depend on the seed only: the
 number of Grain workers and threads changes the speed, never the batches, and the iterator's state
-(``get_state``/``set_state``, or Orbax through :func:`save_iterator` / :func:`restore_iterator`)
+(``get_state``/``set_state``, or Orbax's grain handler, as perax.train.checkpointing saves it)
 resumes exactly.
 
 Batch arrays (B = per-process batch, C = labels):
@@ -42,7 +42,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
-import os
 import sys
 import threading
 from collections.abc import Sequence
@@ -50,7 +49,6 @@ from typing import Any
 
 import grain
 import numpy as np
-import orbax.checkpoint as ocp
 import pyarrow as pa
 import threadpoolctl
 
@@ -200,15 +198,12 @@ def example_records(
 
 
 def bucket_indices(durations_s: np.ndarray, bucket_seconds: Sequence[int]) -> np.ndarray:
-  """[N] int64 index of the shortest bucket that encodes each clip exactly (the last for longer ones).
-
-  A bucket must hold the clip's valid frames plus the encoder's margin frames
-  (:func:`perax.data.features.bucket_for` explains why), so a 2.00 s clip goes to the 4 s bucket.
-  """
+  """[N] int64 index into ``bucket_seconds`` of each clip's bucket, by :func:`perax.data.features.bucket_for`
+  (the one bucket rule: a 2.00 s clip goes to the 4 s bucket; longer clips than the last go there)."""
+  bucket_seconds = tuple(bucket_seconds)
   samples = np.ceil(np.asarray(durations_s, np.float64) * SAMPLE_RATE).astype(np.int64)
-  needed = features.encoder_frames_needed(features.valid_frames(samples).astype(np.int64))
-  limits = np.asarray(bucket_seconds, np.int64) * features.FRAMES_PER_SECOND
-  return np.minimum(np.searchsorted(limits, needed, side='left'), len(limits) - 1)
+  index = {seconds: k for k, seconds in enumerate(bucket_seconds)}
+  return np.asarray([index[features.bucket_for(int(n), bucket_seconds)] for n in samples], np.int64)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -218,9 +213,10 @@ def bucket_indices(durations_s: np.ndarray, bucket_seconds: Sequence[int]) -> np
 class BucketBatches(grain.MapDataset):
   """Global batches of example indices, bucketed by audio length; element k is batch k.
 
-  Element: ``{'bucket': int index into bucket_seconds, 'rows': [B_local] int64}``, the rows of this
-  process's slice of the global batch, -1 for padding.  Every example is in exactly one batch per
-  epoch; at most one batch per epoch has padding.
+  Element: ``{'bucket': int index into bucket_seconds, 'rows': [B_local] int64, 'fill': int}``:
+  the rows of this process's slice of the global batch, -1 for padding, and the global batch's first
+  (always real) row, which fills a slice made only of padding.  Every example is in exactly one batch
+  per epoch; at most one batch per epoch has padding.
   """
 
   def __init__(
@@ -291,7 +287,13 @@ class BucketBatches(grain.MapDataset):
       return self.slice(index)
     epoch, k = divmod(index, self.batches_per_epoch)
     buckets, rows = self.epoch_plan(epoch)
-    return {'bucket': int(buckets[k]), 'rows': rows[k, self._offset : self._offset + self._local]}
+    return {
+      'bucket': int(buckets[k]),
+      'rows': rows[k, self._offset : self._offset + self._local],
+      # The global batch's first row is always real (padding comes last): the example that fills a
+      # process's slice made only of padding rows.
+      'fill': int(rows[k, 0]),
+    }
 
   def __str__(self) -> str:
     return f'BucketBatches(batch={self._batch}, seed={self._seed}, epochs={self._num_epochs})'
@@ -305,9 +307,10 @@ class PromptIds:
   """Token ids of a prompt for one example, with its transcript and audio tokens, at a fixed length.
 
   The prompt's question is rendered through the chat template once, with a slot for the transcript;
-  per example, the slot is filled, the text tokenized whole (so ids equal HF's processor's), and the
-  one ``<|AUDIO|>`` expanded to the clip's audio token count.  A transcript is cut to
-  ``max_transcript_tokens`` tokens so that every example of a bucket fits ``length(bucket)``.
+  per example, the slot is filled and perax.raters.prompts.PromptEncoder (the one splicing home)
+  tokenizes the text whole (so ids equal HF's processor's) and expands the one ``<|AUDIO|>`` to the
+  clip's audio token count.  A transcript is cut to ``max_transcript_tokens`` tokens so that every
+  example of a bucket fits ``length(bucket)``.
   """
 
   def __init__(
@@ -319,9 +322,10 @@ class PromptIds:
     token_multiple: int,
   ):
     tokenizer = processor.tokenizer
-    # The Rust tokenizer itself: encoding never mutates it, so Grain's threads may share it.
+    self.encoder = prompts.PromptEncoder(processor)
+    # The Rust tokenizer, for transcripts alone: encoding never mutates it, so Grain's threads share it.
     self.tokenizer = tokenizer.backend_tokenizer
-    self.audio_token_id = tokenizer.convert_tokens_to_ids(prompts.AUDIO_TOKEN)
+    self.audio_token_id = self.encoder.audio_token_id
     self.pad_id = (
       tokenizer.pad_token_id
       if tokenizer.pad_token_id is not None
@@ -333,14 +337,13 @@ class PromptIds:
     )
     self.max_transcript_tokens = max_transcript_tokens if self.uses_transcript else 0
     self.token_multiple = token_multiple
-    self._base_length = len(self._tokenize(self.chat_text.replace(_TRANSCRIPT_SLOT, ''))) - 1
-    self._fixed_ids = None if self.uses_transcript else self._tokenize(self.chat_text)
+    self._base_length = len(self._encode(self.chat_text.replace(_TRANSCRIPT_SLOT, ''), 0))
 
-  def _tokenize(self, text: str) -> np.ndarray:
-    ids = np.asarray(self.tokenizer.encode(text, add_special_tokens=False).ids, np.int32)
-    if int(np.sum(ids == self.audio_token_id)) != 1:
-      raise InputError(f'the prompt must hold exactly one {prompts.AUDIO_TOKEN}: {text!r}')
-    return ids
+  def _encode(self, text: str, num_audio_tokens: int) -> np.ndarray:
+    try:
+      return self.encoder.ids(text, num_audio_tokens)
+    except ValueError as error:
+      raise InputError(str(error)) from None
 
   def length(self, num_frames: int) -> int:
     """L: the token length of every example of a bucket of ``num_frames`` log-mel frames."""
@@ -355,11 +358,6 @@ class PromptIds:
     ids = self.tokenizer.encode(transcript, add_special_tokens=False).ids
     return transcript if len(ids) <= budget else self.tokenizer.decode(ids[: max(budget, 0)])
 
-  def _expand(self, base: np.ndarray, num_audio_tokens: int) -> np.ndarray:
-    at = int(np.flatnonzero(base == self.audio_token_id)[0])
-    audio_ids = np.full(num_audio_tokens, self.audio_token_id, np.int32)
-    return np.concatenate([base[:at], audio_ids, base[at + 1 :]])
-
   def ids(self, transcript: str | None, num_audio_tokens: int, max_length: int) -> np.ndarray:
     """[<= max_length] int32 ids of the prompt for one example.
 
@@ -372,13 +370,13 @@ class PromptIds:
       InputError: the prompt needs a transcript and the example has none.
     """
     if not self.uses_transcript:
-      return self._expand(self._fixed_ids, num_audio_tokens)
+      return self._encode(self.chat_text, num_audio_tokens)
     if transcript is None:
       raise InputError('the prompt needs {transcript} but the example has none')
     budget = self.max_transcript_tokens
     while True:  # Ends: with an empty transcript the ids fit by the definition of length().
       text = self.chat_text.replace(_TRANSCRIPT_SLOT, self._truncated(transcript, budget))
-      ids = self._expand(self._tokenize(text), num_audio_tokens)
+      ids = self._encode(text, num_audio_tokens)
       excess = len(ids) - max_length
       if excess <= 0:
         return ids
@@ -457,10 +455,12 @@ class BatchLoader:
     seconds = self.bucket_seconds[element['bucket']]
     rows = np.asarray(element['rows'], np.int64)
     real = rows >= 0
-    if not real.any():
+    if not real.any() and element.get('fill', -1) < 0:
       raise ValueError('a batch needs at least one example')
     examples = {int(r): self._example(int(r), seconds * SAMPLE_RATE) for r in np.unique(rows[real])}
-    fill = int(rows[real][0])
+    fill = int(rows[real][0]) if real.any() else int(element['fill'])
+    if fill not in examples:
+      examples[fill] = self._example(fill, seconds * SAMPLE_RATE)
     waveforms, transcripts, targets = zip(*(examples[int(r) if r >= 0 else fill] for r in rows))
     input_features, feature_lengths = features.batch_features(list(waveforms), bucket_seconds=seconds)
     length = self.prompt_ids.length(input_features.shape[-1])
@@ -650,19 +650,3 @@ def make_eval_iterator(
       process_count=process_count,
     ).dataset
   )
-
-
-# ----------------------------------------------------------------------------------------------
-# Checkpointing the iterator with Orbax.
-
-
-def save_iterator(directory: os.PathLike | str, iterator: grain.DatasetIterator) -> None:
-  """Writes the iterator's state under ``directory`` (one JSON file per process), via Orbax."""
-  with ocp.Checkpointer(grain.checkpoint.CheckpointHandler()) as checkpointer:
-    checkpointer.save(os.path.abspath(directory), args=grain.checkpoint.CheckpointSave(iterator))
-
-
-def restore_iterator(directory: os.PathLike | str, iterator: grain.DatasetIterator) -> grain.DatasetIterator:
-  """Sets ``iterator`` (built like the saved one) to the state saved under ``directory``."""
-  with ocp.Checkpointer(grain.checkpoint.CheckpointHandler()) as checkpointer:
-    return checkpointer.restore(os.path.abspath(directory), args=grain.checkpoint.CheckpointRestore(iterator))

@@ -70,8 +70,8 @@ def _emodb_examples(path: str):
   )
   targets, _ = dist.build_distributions(corpus.votes, label_set=emodb.NAME, utterances=utterances)
   labels = dist.resolve_label_set(emodb.NAME).labels
-  edges = dime_aug.edges_from_split(utterances, targets, labels)
-  plan = dime_aug.plan_augmentation(utterances, targets, labels, edges, seed=_SEED.value)
+  levels = dime_aug.levels_from_split(utterances, targets, labels)
+  plan = dime_aug.plan_augmentation(utterances, targets, labels, levels, seed=_SEED.value)
   return utterances, targets, labels, plan
 
 

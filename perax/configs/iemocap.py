@@ -27,7 +27,7 @@ def get_config():
   config.learning_rate = 1e-4
   config.warmup_steps = 100
   config.checkpoint_every = 500
-  config.mesh_shape = '1,-1,1'
+  config.mesh_shape = (1, -1, 1)
   config_lib.qwen2_audio_lora(config)
   config.data.label_set = 'iemocap4'
   config.data.test_fold = 'Session5'

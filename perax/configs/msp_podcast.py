@@ -25,8 +25,8 @@ def get_config():
   config.checkpoint_every = 1000
   config.keep_last = 2
   config.keep_best = 2
-  config.mesh_shape = '1,-1,1'
+  config.mesh_shape = (1, -1, 1)
   config_lib.qwen2_audio_lora(config)
   config.data.label_set = 'msp_podcast'
-  config.data.test_split = 'test1'
+  config.data.test_splits = ('test1',)
   return config

@@ -1,4 +1,4 @@
-"""Whisper log-mel features exactly as Qwen2-Audio's processor computes them, in numpy and JAX.
+"""Whisper log-mel features exactly as Qwen2-Audio's processor computes them, in numpy.
 
 Qwen2-Audio's processor runs ``WhisperFeatureExtractor(feature_size=128)``: a 16 kHz waveform is
 zero-padded (or truncated) to 30 s, framed with a centred 400-sample periodic Hann window every 160
@@ -43,15 +43,13 @@ at most :data:`MAX_SAMPLES` before batching. Waveforms must already be at 16 kHz
 from __future__ import annotations
 
 import functools
-import logging
 from collections.abc import Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import scipy.fft
 import scipy.sparse
 
+from perax.core import log
 from perax.data.audio import SAMPLE_RATE
 
 N_FFT = 400
@@ -64,8 +62,6 @@ BUCKET_SECONDS = (2, 4, 8, 16, 30)
 MEL_FLOOR = 1e-10
 DYNAMIC_RANGE = 8.0  # in log10 units, i.e. 80 dB
 GUARD_FRAMES = 2  # frames past a bucket that can still overlap its clip: ceil((N_FFT / 2) / HOP)
-
-log = logging.getLogger(__name__)
 
 
 def hz_to_slaney_mel(hz: np.ndarray) -> np.ndarray:
@@ -296,35 +292,6 @@ def log_mel_batch(waveforms: np.ndarray) -> np.ndarray:
   return _log_mel_clips(list(waveforms[:, :extent]), waveforms.shape[1])
 
 
-def log_mel_batch_jax(waveforms: jax.Array) -> jax.Array:
-  """:func:`log_mel_batch` in JAX, for use inside ``jit`` on accelerators.
-
-  Every frame is transformed (shapes are static). The mel projection runs at full float32
-  precision (accelerators default to reduced precision).
-
-  Args:
-    waveforms: float [B, S] as in :func:`log_mel_batch`; S is static.
-
-  Returns:
-    float32 [B, 128, S // 160], equal to :func:`log_mel_batch` within float32 rounding.
-  """
-  waveforms = jnp.asarray(waveforms, jnp.float32)
-  num_samples = waveforms.shape[1]
-  _check_bucket(num_samples)
-  right, reflect, peak_frames = _framing(num_samples)
-  right_pad = (
-    waveforms[:, -2 : -right - 2 : -1] if reflect else jnp.zeros((waveforms.shape[0], right), jnp.float32)
-  )
-  padded = jnp.concatenate([waveforms[:, N_FFT // 2 : 0 : -1], waveforms, right_pad], axis=1)
-  index = HOP_LENGTH * np.arange(peak_frames)[:, None] + np.arange(N_FFT)[None, :]
-  spectrum = jnp.fft.rfft(padded[:, index] * hann_window(), axis=-1)  # [B, frames, 201]
-  power = spectrum.real**2 + spectrum.imag**2
-  mel = jnp.matmul(power, mel_filters(), precision=jax.lax.Precision.HIGHEST)
-  log_mel = jnp.log10(jnp.maximum(mel, MEL_FLOOR))  # [B, frames, 128]
-  peak = log_mel.max(axis=(1, 2), keepdims=True)
-  return _clamp(log_mel[:, : num_samples // HOP_LENGTH], peak, jnp).transpose(0, 2, 1)
-
-
 def log_mel_spectrogram(audio: np.ndarray, n_frames: int | None = None) -> np.ndarray:
   """Log-mel features of one 16 kHz clip, zero-padded or truncated to ``n_frames`` frames.
 
@@ -340,19 +307,20 @@ def log_mel_spectrogram(audio: np.ndarray, n_frames: int | None = None) -> np.nd
   return _log_mel_clips([np.asarray(audio, dtype=np.float32)[:num_samples]], num_samples)[0]
 
 
-def bucket_for(num_samples: int) -> int:
-  """The smallest of :data:`BUCKET_SECONDS` whose frames encode a clip exactly as 30 s padding does.
+def bucket_for(num_samples: int, bucket_seconds: Sequence[int] = BUCKET_SECONDS) -> int:
+  """The smallest of ``bucket_seconds`` (ascending) whose frames encode a clip exactly as 30 s
+  padding does; the one home of the bucket rule (the Grain pipeline's buckets use it too).
 
   The audio encoder's convolutions read one or two feature frames past the clip's valid frames
   (:func:`encoder_frames_needed`), and with 30 s padding those frames hold padding features, not the
   convolution's zero padding. So a bucket must hold them too: a 2.00 s clip goes to the 4 s bucket.
-  Clips needing more than 30 s get 30 (and are truncated there).
+  Clips needing more than the last bucket get the last (and are truncated there).
   """
   needed = int(encoder_frames_needed(int(valid_frames(num_samples))))
-  for seconds in BUCKET_SECONDS:
+  for seconds in bucket_seconds:
     if needed <= seconds * FRAMES_PER_SECOND:
       return seconds
-  return BUCKET_SECONDS[-1]
+  return bucket_seconds[-1]
 
 
 def encoder_frames_needed(
@@ -394,11 +362,8 @@ def batch_features(
   truncated = int((lengths > num_samples).sum())
   if truncated:
     log.warning(
-      'truncated %d of %d clips to the %d s bucket (longest %.1f s)',
-      truncated,
-      lengths.size,
-      seconds,
-      lengths.max() / SAMPLE_RATE,
+      f'truncated {truncated} of {lengths.size} clips to the {seconds} s bucket '
+      f'(longest {lengths.max() / SAMPLE_RATE:.1f} s)'
     )
   clips = [np.asarray(waveform, dtype=np.float32)[:num_samples] for waveform in waveforms]
   return _log_mel_clips(clips, num_samples), valid_frames(np.minimum(lengths, num_samples))

@@ -307,9 +307,11 @@ def read_utterances(path: os.PathLike | str) -> pa.Table:
 
 
 def read_votes(paths: os.PathLike | str | Sequence[os.PathLike | str]) -> pa.Table:
-  """Reads and concatenates one or more votes tables (a list, or a comma-separated string)."""
+  """Reads and concatenates one or more votes tables (a list, or a comma-separated string; a string
+  naming an existing file is that one file, commas in its path included)."""
   if isinstance(paths, (str, os.PathLike)):
-    paths = [p for p in os.fspath(paths).split(',') if p]
+    text = os.fspath(paths)
+    paths = [text] if os.path.exists(text) else [p for p in text.split(',') if p]
   tables = []
   for path in paths:
     try:

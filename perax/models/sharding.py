@@ -43,13 +43,24 @@ LOGICAL_AXIS_RULES: Rules = (
 def make_mesh(
   data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence[jax.Device] | None = None
 ) -> Mesh:
-  """A ('data', 'fsdp', 'tensor') mesh; one size may be -1 to take the remaining devices."""
+  """The one ('data', 'fsdp', 'tensor') mesh builder; one size may be -1 to take the remaining devices.
+
+  Training configs give the sizes as a tuple (``make_mesh(*config.mesh_shape)``).
+
+  Raises:
+    ValueError: a size is 0 or below -1, more than one is -1, or the sizes do not use exactly the
+      ``len(devices)`` devices (default: all of them).
+  """
   devices = list(jax.devices() if devices is None else devices)
-  sizes = [data, fsdp, tensor]
-  if sizes.count(-1) > 1:
-    raise ValueError('at most one mesh axis size may be -1')
+  sizes = [int(s) for s in (data, fsdp, tensor)]
+  shape = dict(zip(MESH_AXES, sizes))
+  if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
+    raise ValueError(f'mesh {shape}: sizes must be positive, with at most one -1')
   known = int(np.prod([s for s in sizes if s != -1]))
-  sizes = [len(devices) // known if s == -1 else s for s in sizes]
+  if -1 in sizes:
+    if len(devices) % known:
+      raise ValueError(f'mesh {shape} does not divide the {len(devices)} devices')
+    sizes[sizes.index(-1)] = len(devices) // known
   if int(np.prod(sizes)) != len(devices):
     raise ValueError(f'mesh {dict(zip(MESH_AXES, sizes))} does not use the {len(devices)} devices')
   return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)

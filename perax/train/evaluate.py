@@ -8,17 +8,20 @@ perax.distributions.metrics, overall and per ambiguity level, and :func:`write_e
   metrics_<set>.json          {set, step, n, labels, metrics: {level: {metric: value}}}, NaN as null
   metrics_<set>.md            the same metrics as a table, levels as rows.
 
-:func:`evaluate_checkpoint` restores a run's checkpoint (best, latest or a step) and evaluates the
-plain test split and the DiME-Aug balanced set built from it.
+:func:`evaluate_checkpoint` restores a run's checkpoint (best, latest or a step) and evaluates each
+test split (``config.data.test_splits``) and the DiME-Aug balanced set of each (built here, or read
+from ``config.data.eval_set_dirs``). Targets are human-vote targets unless the config asks for
+proxy-only ones (perax.train.data). In a multi-process run every process predicts its rows, the
+predictions are gathered, and process 0 writes the files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -26,12 +29,15 @@ import numpy as np
 import pyarrow as pa
 from jax.experimental import multihost_utils
 
-from perax.core import atomic
+from perax.core import atomic, jsonio, log
+from perax.core.errors import InputError
+from perax.core.locks import RunLock
 from perax.core.progress import Progress
 from perax.data import tables
 from perax.distributions import metrics as metrics_lib
 from perax.train import data as data_lib
 from perax.train import step as step_lib
+from perax.train.config import TrainConfig
 from perax.train.setup import RunSetup, setup_run
 
 # Columns of the readable table, in order (all keys of perax.distributions.metrics.distribution_metrics are in
@@ -78,12 +84,14 @@ def predict(
   params: Any,
   frozen: Any,
   mesh: jax.sharding.Mesh,
-  echo: Callable[[str], None] = print,
 ) -> Predictions:
   """Runs ``predictor`` (perax.train.step.predict_step_compiler) over one pass of the set."""
   pipeline = eval_data.pipeline
   progress = Progress(
-    total=pipeline.batches_per_epoch, unit='batch', what=f'eval {eval_data.name}', print_fn=echo
+    total=pipeline.batches_per_epoch,
+    unit='batch',
+    what=f'eval {eval_data.name}',
+    print_fn=log.info if jax.process_index() == 0 else lambda _: None,
   )
   indices, probs, targets = [], [], []
   for batch in pipeline.dataset:
@@ -109,15 +117,6 @@ def evaluate_set(predictions: Predictions) -> dict[str, Mapping[str, float]]:
   return metrics_lib.metrics_by_level(
     predictions.targets.astype(np.float64), predictions.probs.astype(np.float64), predictions.levels
   )
-
-
-def json_ready(value):
-  """``value`` with NaN floats as None, for strict JSON."""
-  if isinstance(value, Mapping):
-    return {k: json_ready(v) for k, v in value.items()}
-  if isinstance(value, float) and math.isnan(value):
-    return None
-  return value
 
 
 def metrics_table(by_level: Mapping[str, Mapping[str, float]]) -> str:
@@ -157,9 +156,9 @@ def write_evaluation(
     'step': step,
     'n': len(predictions.utt_ids),
     'labels': list(labels),
-    'metrics': json_ready(by_level),
+    'metrics': by_level,
   }
-  atomic.write_text(paths['metrics'], json.dumps(report, indent=2, allow_nan=False) + '\n')
+  jsonio.write_json(paths['metrics'], report)
   atomic.write_text(
     paths['table'], f'Evaluation set {name}, checkpoint step {step}\n\n{metrics_table(by_level)}\n'
   )
@@ -174,7 +173,7 @@ def restore_for_eval(setup: RunSetup, which: str | int) -> int:
     which: 'best' (by the dev metric; the latest without one), 'latest', or a step number.
 
   Raises:
-    FileNotFoundError: the run has no checkpoint (or not that step).
+    InputError: the run has no checkpoint (or not that step).
   """
   checkpointer = setup.checkpointer()
   try:
@@ -185,9 +184,9 @@ def restore_for_eval(setup: RunSetup, which: str | int) -> int:
     else:
       step = int(which)
     if step is None or step not in checkpointer.all_steps():
-      raise FileNotFoundError(
-        f'no checkpoint {which!r} in {checkpointer.directory} '
-        f'(saved steps: {sorted(checkpointer.all_steps())})'
+      raise InputError(
+        f'no checkpoint {which!r} (saved steps: {sorted(checkpointer.all_steps())}); train first',
+        path=checkpointer.directory,
       )
     setup.state = checkpointer.restore(step, setup.state, setup.shardings)
   finally:
@@ -196,44 +195,68 @@ def restore_for_eval(setup: RunSetup, which: str | int) -> int:
 
 
 def evaluate_checkpoint(
-  config: Any,
+  config: TrainConfig,
   workdir: str,
   which: str | int = 'best',
   out_dir: str | None = None,
   balanced: bool = True,
-  echo: Callable[[str], None] = print,
 ) -> dict[str, dict]:
-  """Evaluates a run's checkpoint on its test split and on the balanced set built from it.
+  """Evaluates a run's checkpoint on each test split and on the balanced set of each.
+
+  The workdir is locked meanwhile (perax.core.locks.RunLock, by process 0), so a training run cannot
+  write it at the same time.
 
   Args:
     config: the run's config.
     workdir: the run's directory.
     which: 'best', 'latest' or a step (see :func:`restore_for_eval`).
     out_dir: where files go; default <workdir>/eval_<step>.
-    balanced: also evaluate the DiME-Aug balanced evaluation set.
-    echo: receives progress lines and the metric tables.
+    balanced: also evaluate the DiME-Aug balanced evaluation sets.
 
   Returns:
-    {set name: metrics by level}.
+    {set name: metrics by level}; set names are the test split names and ``<split>_balanced``.
   """
-  setup = setup_run(config, workdir, echo)
+  lock = RunLock(workdir, 'training workdir') if jax.process_index() == 0 else contextlib.nullcontext()
+  with lock:
+    return _evaluate_checkpoint(config, workdir, which, out_dir, balanced)
+
+
+def _evaluate_checkpoint(
+  config: TrainConfig, workdir: str, which: str | int, out_dir: str | None, balanced: bool
+) -> dict[str, dict]:
+  setup = setup_run(config, workdir)
   step = restore_for_eval(setup, which)
   out_dir = out_dir or os.path.join(workdir, f'eval_{step}')
   predictor = step_lib.predict_step_compiler(
     step_lib.make_predict_step(setup.graphdef), setup.shardings.params, setup.shardings.frozen, setup.mesh
   )
-  split = config.data.test_split
-  sets = [data_lib.eval_data(setup.run, setup.processor, config, setup.mesh, split)]
-  if balanced:
-    sets.append(data_lib.eval_data(setup.run, setup.processor, config, setup.mesh, split, balanced=True))
+  data = config.data
+  written = dict(zip(data.test_splits, data.eval_set_dirs))
+  sets = []
+  for split in data.test_splits:
+    sets.append(data_lib.eval_data(setup.run, setup.processor, config, setup.mesh, split))
+    if balanced:
+      sets.append(
+        data_lib.eval_data(
+          setup.run,
+          setup.processor,
+          config,
+          setup.mesh,
+          split,
+          balanced=True,
+          written_dir=written.get(split, ''),
+        )
+      )
   results = {}
   for eval_data in sets:
-    predictions = predict(eval_data, predictor, setup.state.params, setup.state.frozen, setup.mesh, echo)
+    predictions = predict(eval_data, predictor, setup.state.params, setup.state.frozen, setup.mesh)
     by_level = evaluate_set(predictions)
-    paths = write_evaluation(out_dir, eval_data.name, predictions, setup.run.labels, by_level, step)
-    echo(
-      f'{eval_data.name} (checkpoint step {step}, {len(predictions.utt_ids)} examples):\n'
-      f'{metrics_table(by_level)}\nwrote {", ".join(paths.values())}'
-    )
+    if jax.process_index() == 0:
+      paths = write_evaluation(out_dir, eval_data.name, predictions, setup.run.labels, by_level, step)
+      log.info(
+        f'{eval_data.name} (checkpoint step {step}, {len(predictions.utt_ids)} examples):\n'
+        f'{metrics_table(by_level)}\nwrote {", ".join(paths.values())}',
+        stage='evaluate',
+      )
     results[eval_data.name] = by_level
   return results

@@ -1,12 +1,12 @@
-"""The device mesh from a flag, and the shardings of train states and batches on it.
+"""Shardings of train states and batches on the device mesh (built by perax.models.sharding.make_mesh).
 
 The mesh has three axes, always in this order:
   data    pure data parallelism: the batch is split, parameters are replicated;
   fsdp    fully sharded data parallelism: the batch is split and so are parameters (ZeRO-3 style);
   tensor  tensor parallelism: attention heads and MLP columns are split.
 
-A mesh shape is written ``'data,fsdp,tensor'``; one entry may be -1 to take all remaining devices,
-e.g. ``'-1,1,1'`` (pure data parallel) or ``'1,-1,1'`` (pure FSDP).
+A training config gives the mesh shape as a tuple ``(data, fsdp, tensor)``; one entry may be -1 to take
+all remaining devices, e.g. ``(-1, 1, 1)`` (pure data parallel) or ``(1, -1, 1)`` (pure FSDP).
 
 Parameters carry logical axis names (``logical_axes`` metadata, perax.models.layers); the rules of
 perax.models.sharding map them to mesh axes (a dimension is split only over mesh axes that divide
@@ -17,7 +17,6 @@ sharded like their parameters; scalars (the step, optimizer counts) are replicat
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -28,40 +27,6 @@ from perax.models import sharding as model_sharding
 
 MESH_AXES = model_sharding.MESH_AXES
 BATCH_AXES = ('data', 'fsdp')
-
-
-def parse_mesh_shape(spec: str | Sequence[int], num_devices: int) -> tuple[int, int, int]:
-  """``'2,4,1'`` or ``(2, 4, 1)`` -> (data, fsdp, tensor); one -1 takes the remaining devices.
-
-  Raises:
-    ValueError: not three integers, more than one -1, or a product other than ``num_devices``.
-  """
-  if isinstance(spec, str):
-    try:
-      sizes = [int(part) for part in spec.split(',')]
-    except ValueError as e:
-      raise ValueError(f'mesh shape {spec!r} is not comma-separated integers') from e
-  else:
-    sizes = [int(s) for s in spec]
-  if len(sizes) != len(MESH_AXES):
-    raise ValueError(f'mesh shape {spec!r} needs {len(MESH_AXES)} sizes ({",".join(MESH_AXES)})')
-  if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
-    raise ValueError(f'mesh shape {spec!r}: sizes must be positive, with at most one -1')
-  if -1 in sizes:
-    known = math.prod(s for s in sizes if s != -1)
-    if num_devices % known:
-      raise ValueError(f'mesh shape {spec!r} does not divide {num_devices} devices')
-    sizes[sizes.index(-1)] = num_devices // known
-  if math.prod(sizes) != num_devices:
-    raise ValueError(f'mesh shape {spec!r} covers {math.prod(sizes)} devices, but {num_devices} are in use')
-  return tuple(sizes)
-
-
-def make_mesh(spec: str | Sequence[int], devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A (data, fsdp, tensor) mesh over ``devices`` (default: all of them) from a shape spec."""
-  devices = list(jax.devices() if devices is None else devices)
-  data, fsdp, tensor = parse_mesh_shape(spec, len(devices))
-  return model_sharding.make_mesh(data, fsdp, tensor, devices=devices)
 
 
 def state_shardings(

@@ -22,10 +22,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import logging
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from perax.core import log
 from perax.train import losses
 from perax.train.mesh import BATCH_AXES, batch_sharding, replicated
 from perax.train.state import TrainState
@@ -218,7 +218,8 @@ class StepCompiler:
       self.executables[key] = compiled
       self.memory[key] = memory_summary(compiled)
       shapes = {k: tuple(v.shape) for k, v in args[-1].items()}
-      logging.info('compiled %s for batch %s: %s', self._name, shapes, self.memory[key])
+      if jax.process_index() == 0:
+        log.info(f'compiled the {self._name} for batch {shapes}: {self.memory[key]}', stage='train')
     return self.executables[key]
 
   def __call__(self, *args):
