@@ -337,7 +337,8 @@ class PromptIds:
     )
     self.max_transcript_tokens = max_transcript_tokens if self.uses_transcript else 0
     self.token_multiple = token_multiple
-    self._base_length = len(self._encode(self.chat_text.replace(_TRANSCRIPT_SLOT, ''), 0))
+    # The prompt without transcript or audio: one audio token spliced in, then not counted.
+    self._base_length = len(self._encode(self.chat_text.replace(_TRANSCRIPT_SLOT, ''), 1)) - 1
 
   def _encode(self, text: str, num_audio_tokens: int) -> np.ndarray:
     try:
