@@ -20,13 +20,14 @@ The figures are XLA's for the backend that compiles (CPU when planning on a lapt
 assignment on a GPU differs somewhat, so treat them as estimates with a margin.
 
 :func:`cache_bytes` gives the KV-cache bytes per vote for both layouts (one prompt cache per vote,
-or one per clip shared by its K votes); :func:`measure` runs compiled programs on zero inputs and
+or one per clip shared by its K votes); :func:`measure` runs compiled programs on random inputs and
 returns achieved FLOP/s, for configs small enough to hold on the planning machine.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -41,8 +42,8 @@ from jax.sharding import Mesh, NamedSharding
 
 from perax.configs import config_path
 from perax.data import features
+from perax.models import activation_sharding, sharding
 from perax.models import cache as kv_cache
-from perax.models import sharding
 from perax.models.config import Qwen2AudioConfig
 from perax.models.qwen2_audio import Qwen2AudioForConditionalGeneration
 from perax.raters import prompts, sampler
@@ -273,7 +274,8 @@ def inference_programs(
   if 'encode' in names:
 
     def encode(state, input_features, feature_lengths):
-      return nnx.merge(graphdef, state).encode_audio(input_features, feature_lengths)
+      with activation_sharding.active(mesh):
+        return nnx.merge(graphdef, state).encode_audio(input_features, feature_lengths)
 
     plans['encode'] = compile_program(
       'encode',
@@ -286,6 +288,7 @@ def inference_programs(
   if 'prefill' in names:
     prefill_cache = _cache_shardings(config, batch, slots, dtype, mesh)
 
+    @activation_sharding.traced_in(mesh)
     def prefill(state, embeds, valid, ids, mask):
       model = nnx.merge(graphdef, state)
       inputs_embeds = model.merge_audio(ids, embeds, valid)
@@ -318,6 +321,7 @@ def inference_programs(
     decode_cache = _cache_shardings(config, rows, slots, dtype, mesh)
     cache_shape = jax.eval_shape(lambda: kv_cache.init_cache(config, rows, slots, dtype))
 
+    @activation_sharding.traced_in(mesh)
     def decode_step(state, tokens, positions, cache):
       model = nnx.merge(graphdef, state)
       logits, cache = _logits_and_cache(
@@ -416,23 +420,40 @@ def count_parameters(config: Qwen2AudioConfig) -> int:
   return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
-def _zeros_like(tree):
-  """Concrete zeros (ones for booleans) with the shapes, dtypes and shardings of abstract ``tree``."""
+@functools.cache
+def _random_maker(shape: tuple[int, ...], dtype, sharding_: Any, scale: float):
+  """One jitted generator per (shape, dtype, sharding): a model has few distinct ones."""
 
-  def make(x):
-    value = jnp.ones(x.shape, x.dtype) if x.dtype == jnp.bool_ else jnp.zeros(x.shape, x.dtype)
-    return value if getattr(x, 'sharding', None) is None else jax.device_put(value, x.sharding)
+  def make(key):
+    if jnp.issubdtype(dtype, jnp.floating):
+      return (scale * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
+    return jnp.ones(shape, dtype) if dtype == jnp.bool_ else jnp.zeros(shape, dtype)
 
-  return jax.tree.map(make, tree)
+  return jax.jit(make, out_shardings=sharding_)
+
+
+def random_like(tree, seed: int = 0, scale: float = 0.02):
+  """Concrete arrays with the shapes, dtypes and shardings of abstract ``tree``: floats drawn from
+  ``normal(0, scale)``, integers zero, booleans True, each made on its devices by a jitted
+  generator (the 'rbg' PRNG, quick to compile and run)."""
+  leaves, treedef = jax.tree.flatten(tree)
+  key = jax.random.key(seed, impl='rbg')
+  made = [
+    _random_maker(tuple(x.shape), jnp.dtype(x.dtype), getattr(x, 'sharding', None), scale)(
+      jax.random.fold_in(key, index)
+    )
+    for index, x in enumerate(leaves)
+  ]
+  return jax.tree.unflatten(treedef, made)
 
 
 def measure(plan: ProgramPlan, repeats: int = 3) -> float:
-  """Best seconds of one call of ``plan``'s executable on zero inputs (ones for booleans) of its
-  arguments' shapes, after one untimed call. Inputs are made afresh for every call (programs may
+  """Best seconds of one call of ``plan``'s executable on random inputs of its arguments' shapes
+  (:func:`random_like`), after one untimed call. Inputs are made afresh for every call (programs may
   donate them) and outside the timed span. Only for models that fit in this machine's memory."""
   best = float('inf')
   for turn in range(repeats + 1):
-    args = jax.block_until_ready(_zeros_like(plan.args))
+    args = jax.block_until_ready(random_like(plan.args, seed=turn))
     start = time.perf_counter()
     jax.block_until_ready(plan.compiled(*args))
     if turn:

@@ -26,6 +26,7 @@ from absl import logging
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from perax.models import activation_sharding
 from perax.train import losses
 from perax.train.mesh import BATCH_AXES, batch_sharding, replicated
 from perax.train.state import TrainState
@@ -82,7 +83,8 @@ def make_train_step(
   micro_sharding = NamedSharding(mesh, PartitionSpec(None, BATCH_AXES))
 
   def loss_sum(params, frozen, micro):
-    logits = nnx.merge(graphdef, params, frozen)(micro)
+    with activation_sharding.active(mesh):
+      logits = nnx.merge(graphdef, params, frozen)(micro)
     per_example = loss_fn(logits, micro['targets'], weights)
     return jnp.sum(jnp.where(micro['example_mask'], per_example, 0.0))
 
