@@ -6,7 +6,7 @@ run each in its own process with its own timeout (launch/gpu_check.py):
 - ``peak``: the bf16 matmul peak (FLOP/s) and the memory bandwidth (bytes/s) of the device;
 - ``prefill``: one prefill of B prompts (merge_audio + decoder), seconds and FLOP/s (XLA's count);
 - ``decode``: one decode step of the B * K vote rows, seconds, and the bytes it must read at least
-  (its arguments: weights and cache), to set against the bandwidth;
+  (decoder weights, lm_head and KV cache: plan.decode_unread_bytes), to set against the bandwidth;
 - ``train``: one LoRA training step, seconds and FLOP/s;
 - ``votes``: perax's sampler from features to K votes per clip, votes per second;
 - ``hf``: Hugging Face ``generate(num_return_sequences=K)`` on the same prompts, votes per second
@@ -136,7 +136,12 @@ def section_prefill(settings: CheckSettings) -> dict:
 
 
 def section_decode(settings: CheckSettings) -> dict:
-  return _program(settings, 'decode_step')
+  from perax.benchmarks import plan  # pylint: disable=import-outside-toplevel
+
+  figures = _program(settings, 'decode_step')
+  unread = plan.decode_unread_bytes(settings.model_config(), settings.dtype)
+  figures['bytes_to_read'] = figures['argument_bytes'] - unread
+  return figures
 
 
 def section_train(settings: CheckSettings) -> dict:
@@ -308,7 +313,7 @@ def summary(sections: dict) -> dict:
   out['prefill_mfu'] = prefill and matmul and prefill['flops_per_s'] and prefill['flops_per_s'] / matmul
   out['train_mfu'] = train and matmul and train['flops_per_s'] and train['flops_per_s'] / matmul
   out['decode_step_s'] = decode and decode['seconds']
-  limit = decode and bandwidth and decode['argument_bytes'] / bandwidth
+  limit = decode and bandwidth and decode['bytes_to_read'] / bandwidth
   out['decode_bandwidth_limit_s'] = limit
   out['decode_over_limit'] = limit and decode['seconds'] / limit
   out['votes_per_s_perax'] = votes and votes['votes_per_s']

@@ -1,6 +1,6 @@
 """Fit planner: compiles a run's programs abstractly (no weights) and reads XLA's own figures.
 
-For a Qwen2-Audio config, a (data, fsdp, tensor) mesh and a batch, :func:`plan` builds the model with
+For a Qwen2-Audio config, a (data, fsdp, tensor) mesh and a batch, this module builds the model with
 ``nnx.eval_shape`` (shapes and dtypes only), lowers and compiles ahead of time
 
 - ``encode``: the audio encoder on B clips of the clip's feature bucket;
@@ -13,7 +13,9 @@ For a Qwen2-Audio config, a (data, fsdp, tensor) mesh and a batch, :func:`plan` 
 with parameters placed by perax.models.sharding's logical-axis rules and batches split over
 (data, fsdp), and reports per device, from ``compiled.memory_analysis()``, the argument, output,
 alias and temp bytes, from ``compiled.cost_analysis()`` the FLOPs and bytes accessed, and the lower
-and compile times. A program fits a device when ``argument + output - alias + temp`` (its
+and compile times. The inference programs keep every weight as an argument (the sampler holds the whole
+model on its devices), so their argument bytes are the resident weights plus the inputs. A program fits a
+device when ``argument + output - alias + temp`` (its
 :attr:`ProgramPlan.peak_bytes`) is below the device's memory.
 
 The figures are XLA's for the backend that compiles (CPU when planning on a laptop): buffer
@@ -279,7 +281,7 @@ def inference_programs(
 
     plans['encode'] = compile_program(
       'encode',
-      jax.jit(encode),
+      jax.jit(encode, keep_unused=True),
       state,
       _split_batch(mesh, (batch, config.audio.num_mel_bins, shapes.feature_frames), jnp.float32),
       _split_batch(mesh, (batch,), jnp.int32),
@@ -308,7 +310,7 @@ def inference_programs(
 
     plans['prefill'] = compile_program(
       'prefill',
-      jax.jit(prefill, out_shardings=(None, prefill_cache)),
+      jax.jit(prefill, out_shardings=(None, prefill_cache), keep_unused=True),
       state,
       _split_batch(mesh, (batch, shapes.audio_slots, hidden), dtype),
       _split_batch(mesh, (batch, shapes.audio_slots), jnp.bool_),
@@ -331,7 +333,7 @@ def inference_programs(
 
     plans['decode_step'] = compile_program(
       'decode_step',
-      jax.jit(decode_step, out_shardings=(None, decode_cache), donate_argnums=3),
+      jax.jit(decode_step, out_shardings=(None, decode_cache), donate_argnums=3, keep_unused=True),
       state,
       _split_batch(mesh, (rows, 1), jnp.int32),
       _split_batch(mesh, (rows, 1), jnp.int32),
@@ -414,10 +416,23 @@ def cache_bytes(
   }
 
 
+def decode_unread_bytes(config: Qwen2AudioConfig, dtype: str) -> int:
+  """Bytes of the weights a decode step holds but does not stream: the audio encoder, the projector
+  and the token embedding (a decode step gathers one row of it per token). A decode step's argument
+  bytes minus these (per device, on one device) are the bytes it must read at least once."""
+  model = abstract_backbone(config, dtype, dtype)
+  unread = 0
+  for path, leaf in jax.tree_util.tree_flatten_with_path(nnx.state(model))[0]:
+    keys = [str(getattr(p, 'key', getattr(p, 'name', p))) for p in path]
+    if keys[0] in ('audio_tower', 'multi_modal_projector') or keys[:2] == ['language_model', 'embed_tokens']:
+      unread += leaf.size * jnp.dtype(leaf.dtype).itemsize
+  return unread
+
+
 def count_parameters(config: Qwen2AudioConfig) -> int:
-  """Parameters of the backbone (as HF counts them)."""
+  """Weights of the backbone as HF counts them (the audio encoder's position table included)."""
   model = abstract_backbone(config, 'float32', 'float32')
-  return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  return sum(x.size for x in jax.tree.leaves(nnx.state(model)))
 
 
 @functools.cache

@@ -220,7 +220,10 @@ def evaluate_checkpoint(
   step = restore_for_eval(setup, which)
   out_dir = out_dir or os.path.join(workdir, f'eval_{step}')
   predictor = step_lib.predict_step_compiler(
-    step_lib.make_predict_step(setup.graphdef), setup.shardings.params, setup.shardings.frozen, setup.mesh
+    step_lib.make_predict_step(setup.graphdef, setup.mesh),
+    setup.shardings.params,
+    setup.shardings.frozen,
+    setup.mesh,
   )
   split = config.data.test_split
   sets = [data_lib.eval_data(setup.run, setup.processor, config, setup.mesh, split)]

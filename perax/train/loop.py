@@ -119,7 +119,10 @@ def train(
   if setup.has_dev():
     dev = data_lib.eval_data(setup.run, setup.processor, config, setup.mesh, config.data.dev_split)
   predictor = step_lib.predict_step_compiler(
-    step_lib.make_predict_step(setup.graphdef), setup.shardings.params, setup.shardings.frozen, setup.mesh
+    step_lib.make_predict_step(setup.graphdef, setup.mesh),
+    setup.shardings.params,
+    setup.shardings.frozen,
+    setup.mesh,
   )
   result = TrainResult(
     workdir=workdir,

@@ -116,12 +116,17 @@ def make_train_step(
   return step
 
 
-def make_predict_step(graphdef: nnx.GraphDef) -> Callable[[nnx.State, nnx.State, Batch], jax.Array]:
-  """``predict(params, frozen, batch) -> [B, C]`` float32 predicted distributions (softmax)."""
+def make_predict_step(
+  graphdef: nnx.GraphDef, mesh: Mesh | None = None
+) -> Callable[[nnx.State, nnx.State, Batch], jax.Array]:
+  """``predict(params, frozen, batch) -> [B, C]`` float32 predicted distributions (softmax); with a
+  mesh, activations keep the batch split over it (perax.models.activation_sharding)."""
 
   def predict(params, frozen, batch):
     inputs = {k: batch[k] for k in MODEL_INPUTS}
-    return jax.nn.softmax(nnx.merge(graphdef, params, frozen)(inputs).astype(jnp.float32), axis=-1)
+    with activation_sharding.active(mesh):
+      logits = nnx.merge(graphdef, params, frozen)(inputs)
+    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
   return predict
 
