@@ -14,8 +14,9 @@ download; needs JAX with CUDA, torch and transformers):
 - the LoRA training step's MFU.
 
 Each section (perax.benchmarks.gpu_check.SECTIONS) runs in its own process with its own timeout
-(--timeout_s, and the whole run within --budget_s), so a crash, an out-of-memory or a hang costs
-one section, and the JSON file is rewritten after every section: ``{'settings', 'sections': {name:
+(gpu_check.SECTION_TIMEOUTS_S or --timeout_s; the whole run within --budget_s, later sections are
+skipped once it is spent), so a crash, an out-of-memory or a hang costs one section, and the JSON
+file is rewritten after every section: ``{'settings', 'sections': {name:
 {'status': ok | error | timeout | skipped, 'seconds', 'figures' or 'error'}}, 'summary'}``.
 --isolate=false runs the sections in this process instead (no timeouts; for the CPU smoke test).
 """
@@ -35,7 +36,11 @@ _TINY = flags.DEFINE_bool('tiny', False, 'Tiny shapes on CPU: a smoke test of ev
 _OUT = flags.DEFINE_string('out', 'gpu_check.json', 'The JSON file of results (rewritten per section).')
 _CONFIG = flags.DEFINE_string('config', None, 'HF config.json of the model; default Qwen2-Audio-7B-Instruct.')
 _SECTIONS = flags.DEFINE_list('sections', None, 'Sections to run, in order; default all.')
-_TIMEOUT = flags.DEFINE_float('timeout_s', 150.0, 'Wall-clock limit of one section.')
+_TIMEOUT = flags.DEFINE_float(
+  'timeout_s',
+  0.0,
+  'Wall-clock limit of each section; 0: per-section defaults (gpu_check.SECTION_TIMEOUTS_S).',
+)
 _BUDGET = flags.DEFINE_float('budget_s', 560.0, 'Wall-clock limit of the whole check.')
 _ISOLATE = flags.DEFINE_bool('isolate', True, 'Run each section in its own process, with a timeout.')
 _BATCH = flags.DEFINE_integer('batch_size', 8, 'Clips per batch.')
@@ -136,7 +141,8 @@ def main(argv):
     if left < 5:
       entry = {'status': 'skipped', 'error': f'the {_BUDGET.value:.0f} s budget was spent'}
     elif _ISOLATE.value:
-      entry = _run_child(name, settings, min(_TIMEOUT.value, left))
+      limit = _TIMEOUT.value or gpu_check.SECTION_TIMEOUTS_S[name]
+      entry = _run_child(name, settings, min(limit, left))
     else:
       entry = _run_here(name, settings)
     entry['seconds'] = time.perf_counter() - section_start

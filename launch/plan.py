@@ -12,7 +12,9 @@ per vote, the matmul peak measured on this machine and the step time that peak a
 
 Planning happens on this machine's devices: on CPU, the mesh's devices are virtual
 (--xla_force_host_platform_device_count is set from --mesh), and the memory figures are those of
-XLA's CPU backend, a close but not exact estimate of a GPU's. Compile times are measured with
+XLA's CPU backend: argument and output bytes are exact, but the CPU computes bf16 matmuls in float32
+and its temp bytes for a bf16 plan can include float32 copies of the weights (up to 4 bytes per weight)
+that a GPU does not make. JAX_PLATFORMS=cuda plans on the local GPUs instead. Compile times are measured with
 JAX's persistent compilation cache off. --measure also runs each program on random inputs (only for
 models that fit here) and prints the achieved FLOP/s as a fraction of the measured matmul peak.
 """

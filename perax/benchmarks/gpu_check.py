@@ -48,6 +48,9 @@ TINY_HF_CONFIG = {
   },
 }
 SECTIONS = ('peak', 'prefill', 'decode', 'votes', 'hf', 'train')
+# Wall-clock limits per section at 7B shapes on one GPU (random weights, 7B compiles included); all
+# together stay under the launcher's 560 s budget only when some finish early, which the budget enforces.
+SECTION_TIMEOUTS_S = {'peak': 60, 'prefill': 150, 'decode': 150, 'votes': 180, 'hf': 180, 'train': 200}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,7 +19,10 @@ device when ``argument + output - alias + temp`` (its
 :attr:`ProgramPlan.peak_bytes`) is below the device's memory.
 
 The figures are XLA's for the backend that compiles (CPU when planning on a laptop): buffer
-assignment on a GPU differs somewhat, so treat them as estimates with a margin.
+assignment on a GPU differs somewhat, so treat them as estimates with a margin. In particular the CPU
+backend computes bf16 matmuls in float32, and a bf16 plan's temp bytes on CPU can hold float32 copies
+of the weights that a GPU compile would not make (at 7B, fsdp=8, the prefill's ~31 GiB of temp per
+device is about the size of float32 decoder weights; not verified on a GPU).
 
 :func:`cache_bytes` gives the KV-cache bytes per vote for both layouts (one prompt cache per vote,
 or one per clip shared by its K votes); :func:`measure` runs compiled programs on random inputs and
@@ -470,7 +473,8 @@ def measure(plan: ProgramPlan, repeats: int = 3) -> float:
   for turn in range(repeats + 1):
     args = jax.block_until_ready(random_like(plan.args, seed=turn))
     start = time.perf_counter()
-    jax.block_until_ready(plan.compiled(*args))
+    outputs = jax.block_until_ready(plan.compiled(*args))
     if turn:
       best = min(best, time.perf_counter() - start)
+    del args, outputs  # one set of inputs alive at a time (7B weights on one device)
   return best
