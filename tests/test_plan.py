@@ -175,6 +175,7 @@ def test_planner_reports_every_program(data_parallel_report):
     assert report['fits'][name] == (figures['peak_bytes'] <= 2**30)
     assert any(line.startswith(f'{name}: per device arguments') for line in report['lines'])
   assert report['parameters'] == plan.count_parameters(tiny_config())
+  assert not any(line.startswith('note:') for line in report['lines'])  # float32: no CPU bf16 caveat
 
 
 def test_planner_argument_bytes_are_the_sharded_weights_and_inputs(data_parallel_report):
@@ -263,6 +264,7 @@ def test_plan_launcher(config_file, tmp_path):
   assert 'decode_step: per device arguments' in done.stdout
   assert 'fits in 1e-06 GiB per device: decode_step NO' in done.stdout
   assert 'kv cache per vote' in done.stdout
+  assert 'note: the CPU backend computes bfloat16 matmuls in float32' in done.stdout
   figures = json.loads(out.read_text())
   assert figures['settings']['mesh'] == [1, 2, 1] and figures['fits'] == {'decode_step': False}
 

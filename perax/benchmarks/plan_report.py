@@ -71,6 +71,11 @@ def run(
     f'against {cache["per_batch_shared"] / GIB:.2f} GiB ({cache["per_token"] / MIB:.3f} MiB per token)'
   )
 
+  if jax.default_backend() == 'cpu' and settings.compute_dtype in ('bfloat16', 'float16'):
+    lines.append(
+      f'note: the CPU backend computes {settings.compute_dtype} matmuls in float32, so these temp figures may '
+      'include float32 copies of the weights (up to 4 bytes per weight) that a GPU compile does not make'
+    )
   fits = {}
   if device_memory_gib > 0:
     for name in programs:
