@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from perax.data import features
+from perax.models import activation_sharding
 from perax.models.config import AUDIO_LAYER_NORM_EPS, AudioEncoderConfig
 from perax.models.layers import Conv1d, FrozenWeight, LayerNorm, Linear, dot_product_attention, sinusoids
 
@@ -202,7 +203,7 @@ class Qwen2AudioEncoder(nnx.Module):
     x = x + self.embed_positions[:conv_frames].astype(self.dtype)
     key_valid = jnp.arange(conv_frames)[None, :] < conv_output_lengths(feature_lengths)[:, None]
     for layer in self.layers:
-      x = layer(x, key_valid)
+      x = layer(activation_sharding.constrain(x), key_valid)
     tokens = conv_frames // 2
     pooled = x[:, : 2 * tokens].reshape(x.shape[0], tokens, 2, x.shape[-1]).mean(axis=2)
     hidden = self.layer_norm(pooled)

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from perax.models import activation_sharding
 from perax.models.cache import SharedPrefixLayer
 from perax.models.config import TextConfig
 from perax.models.layers import Embed, Linear, RMSNorm, apply_rope, dot_product_attention
@@ -285,7 +286,7 @@ class Qwen2Model(nnx.Module):
     new_keys, new_values = [], []
     for number, layer in enumerate(self.layers):
       layer_cache = None if cache is None else (cache[0][number], cache[1][number])
-      x, layer_cache = layer(x, positions, attend, layer_cache, index)
+      x, layer_cache = layer(activation_sharding.constrain(x), positions, attend, layer_cache, index)
       if layer_cache is not None:
         new_keys.append(layer_cache[0])
         new_values.append(layer_cache[1])

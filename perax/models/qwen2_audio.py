@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
+from perax.models import activation_sharding
 from perax.models.audio_encoder import Qwen2AudioEncoder
 from perax.models.cache import KVCache
 from perax.models.config import Qwen2AudioConfig
@@ -133,6 +134,12 @@ class Qwen2AudioForConditionalGeneration(nnx.Module):
     then clip 1's, ...), fill the audio-token positions of the flattened batch in order. With one
     clip per row and the processor's prompt, row ``b``'s audio tokens receive clip ``b``.
 
+    While an activation mesh is active (perax.models.activation_sharding) and there is one clip
+    per row (N == B), row ``b``'s audio tokens read clip ``b``'s valid embeddings in order, a
+    gather within each row that keeps the batch split over the mesh (the batch-wide order would
+    gather every device's rows). The two agree whenever every row holds as many audio tokens as
+    its clip has valid embeddings, as the processor's one-audio prompts always do.
+
     Args:
       input_ids: ``[B, L]`` int.
       audio_embeds: ``[N, A, hidden]`` from :meth:`encode_audio`.
@@ -143,9 +150,25 @@ class Qwen2AudioForConditionalGeneration(nnx.Module):
       ``audio_valid.sum()``; this is not checked inside jit (surplus audio tokens receive an
       arbitrary audio embedding).
     """
-    token_embeds = self.language_model.embed_tokens(input_ids)
+    token_embeds = activation_sharding.constrain(self.language_model.embed_tokens(input_ids))
     batch, length, hidden = token_embeds.shape
-    flat_audio = audio_embeds.reshape(-1, hidden).astype(token_embeds.dtype)
+    is_audio = input_ids == self.config.audio_token_id
+    audio_embeds = audio_embeds.astype(token_embeds.dtype)
+    if activation_sharding.current_mesh() is not None and audio_embeds.shape[0] == batch:
+      slots = audio_valid.shape[1]
+      # source[b, k] = the slot of clip b's k-th valid embedding.
+      rank = jnp.cumsum(audio_valid, axis=1) - 1
+      rows = jnp.arange(batch)[:, None]
+      source = (
+        jnp.zeros((batch, slots), jnp.int32)
+        .at[rows, jnp.where(audio_valid, rank, slots)]
+        .set(jnp.broadcast_to(jnp.arange(slots, dtype=jnp.int32), (batch, slots)), mode='drop')
+      )
+      token_rank = jnp.clip(jnp.cumsum(is_audio, axis=1) - 1, 0, slots - 1)
+      slot = jnp.take_along_axis(source, token_rank, axis=1)
+      gathered = jnp.take_along_axis(audio_embeds, slot[:, :, None], axis=1)
+      return activation_sharding.constrain(jnp.where(is_audio[:, :, None], gathered, token_embeds))
+    flat_audio = audio_embeds.reshape(-1, hidden)
     valid = audio_valid.reshape(-1)
     slots = valid.shape[0]
     # source[k] = flat index of the k-th valid audio embedding.
@@ -155,9 +178,11 @@ class Qwen2AudioForConditionalGeneration(nnx.Module):
       .at[jnp.where(valid, rank, slots)]
       .set(jnp.arange(slots, dtype=jnp.int32), mode='drop')
     )
-    is_audio = (input_ids == self.config.audio_token_id).reshape(-1)
-    token_rank = jnp.clip(jnp.cumsum(is_audio) - 1, 0, slots - 1)
-    merged = jnp.where(is_audio[:, None], flat_audio[source[token_rank]], token_embeds.reshape(-1, hidden))
+    flat_is_audio = is_audio.reshape(-1)
+    token_rank = jnp.clip(jnp.cumsum(flat_is_audio) - 1, 0, slots - 1)
+    merged = jnp.where(
+      flat_is_audio[:, None], flat_audio[source[token_rank]], token_embeds.reshape(-1, hidden)
+    )
     return merged.reshape(batch, length, hidden)
 
   def logits(self, hidden: jax.Array) -> jax.Array:

@@ -228,7 +228,10 @@ def _evaluate_checkpoint(
   step = restore_for_eval(setup, which)
   out_dir = out_dir or os.path.join(workdir, f'eval_{step}')
   predictor = step_lib.predict_step_compiler(
-    step_lib.make_predict_step(setup.graphdef), setup.shardings.params, setup.shardings.frozen, setup.mesh
+    step_lib.make_predict_step(setup.graphdef, setup.mesh),
+    setup.shardings.params,
+    setup.shardings.frozen,
+    setup.mesh,
   )
   data = config.data
   written = dict(zip(data.test_splits, data.eval_set_dirs))

@@ -169,7 +169,10 @@ def _train(config: TrainConfig, workdir: str, stop_at_step: int | None) -> Train
     if setup.has_dev():
       dev = data_lib.eval_data(setup.run, setup.processor, config, setup.mesh, config.data.dev_split)
     predictor = step_lib.predict_step_compiler(
-      step_lib.make_predict_step(setup.graphdef), setup.shardings.params, setup.shardings.frozen, setup.mesh
+      step_lib.make_predict_step(setup.graphdef, setup.mesh),
+      setup.shardings.params,
+      setup.shardings.frozen,
+      setup.mesh,
     )
     result = TrainResult(
       workdir=workdir,

@@ -26,6 +26,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from perax.core import log
+from perax.models import activation_sharding
 from perax.train import losses
 from perax.train.mesh import BATCH_AXES, batch_sharding, replicated
 from perax.train.state import TrainState
@@ -82,7 +83,8 @@ def make_train_step(
   micro_sharding = NamedSharding(mesh, PartitionSpec(None, BATCH_AXES))
 
   def loss_sum(params, frozen, micro):
-    logits = nnx.merge(graphdef, params, frozen)(micro)
+    with activation_sharding.active(mesh):
+      logits = nnx.merge(graphdef, params, frozen)(micro)
     per_example = loss_fn(logits, micro['targets'], weights)
     return jnp.sum(jnp.where(micro['example_mask'], per_example, 0.0))
 
@@ -114,12 +116,17 @@ def make_train_step(
   return step
 
 
-def make_predict_step(graphdef: nnx.GraphDef) -> Callable[[nnx.State, nnx.State, Batch], jax.Array]:
-  """``predict(params, frozen, batch) -> [B, C]`` float32 predicted distributions (softmax)."""
+def make_predict_step(
+  graphdef: nnx.GraphDef, mesh: Mesh | None = None
+) -> Callable[[nnx.State, nnx.State, Batch], jax.Array]:
+  """``predict(params, frozen, batch) -> [B, C]`` float32 predicted distributions (softmax); with a
+  mesh, activations keep the batch split over it (perax.models.activation_sharding)."""
 
   def predict(params, frozen, batch):
     inputs = {k: batch[k] for k in MODEL_INPUTS}
-    return jax.nn.softmax(nnx.merge(graphdef, params, frozen)(inputs).astype(jnp.float32), axis=-1)
+    with activation_sharding.active(mesh):
+      logits = nnx.merge(graphdef, params, frozen)(inputs)
+    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
   return predict
 
