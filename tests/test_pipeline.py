@@ -253,3 +253,79 @@ def test_kill_9_in_every_stage_then_a_rerun_gives_the_uninterrupted_results(run,
   done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
   assert done.returncode == 0, done.stderr[-2000:]
   assert _results(out) == _results(pathlib.Path(config.out_dir))
+
+
+@pytest.fixture(scope='module')
+def cross_validation(run, tmp_path_factory):
+  """Two-fold cross-validation on a manifest corpus cut from the demo corpus (40 clips, 2 speakers a fold)."""
+  import pyarrow as pa
+
+  from perax.data.corpora import demo
+
+  root = tmp_path_factory.mktemp('cv')
+  demo.generate(str(root / 'demo'), seed=1)
+  corpus = demo.load(str(root / 'demo'))
+  speakers = tables.column(corpus.utterances, 'speaker')
+  fold_of = {'spk00': 'A', 'spk01': 'A', 'spk02': 'B', 'spk03': 'B'}
+  keep = np.asarray([s in fold_of for s in speakers])
+  utterances = corpus.utterances.filter(pa.array(keep))
+  folds = [fold_of[s] for s in tables.column(utterances, 'speaker')]
+  utterances = utterances.set_column(
+    utterances.schema.get_field_index('fold'), 'fold', pa.array(folds, pa.string())
+  )
+  kept_ids = set(tables.column(utterances, 'utt_id'))
+  votes = corpus.votes.filter(pa.array([u in kept_ids for u in tables.column(corpus.votes, 'utt_id')]))
+  manifest = tables.write_table(utterances, str(root / 'utterances.parquet'))
+  votes_path = tables.write_table(votes, str(root / 'votes.parquet'))
+  config = pipeline.PipelineConfig(
+    out_dir=str(root / 'run'),
+    corpus='manifest',
+    corpus_path=manifest,
+    corpus_options={'votes': votes_path},
+    label_set='demo',
+    checkpoint=run[1]['checkpoint']['checkpoint'],
+    folds=('all',),
+    **{**SMALL, 'train_steps': 2, 'sparse_k': (1,)},
+  )
+  outputs, lines = run_logged(config)
+  return config, outputs, lines, dict(zip(tables.column(utterances, 'utt_id'), folds))
+
+
+def test_cross_validation_shares_the_proxies_and_trains_each_fold(cross_validation):
+  config, outputs, lines, fold_of = cross_validation
+  stages = ran(lines)
+  assert stages.count('proxies') == 1
+  for fold in ('A', 'B'):
+    for stage in ('distributions', 'augment', 'train', 'evaluate'):
+      assert f'{stage} {fold}' in stages
+    fold_outputs = outputs['folds'][fold]
+    split = tables.read_utterances(fold_outputs['distributions']['utterances'])
+    expected = ['test' if fold_of[u] == fold else 'train' for u in tables.column(split, 'utt_id')]
+    assert tables.column(split, 'split').tolist() == expected
+    info = jsonio.read_json(fold_outputs['distributions']['human_info'])
+    definition = pipeline.bodies.level_definition(info)
+    assert (definition.split, definition.fitted_on) == ('train', expected.count('train'))
+    assert pathlib.Path(config.out_dir, 'folds', fold, 'train', 'metrics.jsonl').is_file()
+
+
+def test_cross_validation_reports_each_fold_and_mean_and_std(cross_validation):
+  _config, outputs, _, _ = cross_validation
+  markdown = pathlib.Path(outputs['report']['markdown']).read_text(encoding='utf-8')
+  values = [
+    outputs['folds'][f]['evaluate']['metrics']['human']['test']['all']['js_divergence'] for f in ('A', 'B')
+  ]
+  fmt = pipeline.compose.report_lib.format_value
+  expected = f'{fmt(float(np.mean(values)))} ± {fmt(float(np.std(values)))}'
+  table = markdown.split('**Set test, reference human: all utterances, per fold and mean ± std over folds**')[
+    1
+  ]
+  rows = [line for line in table.split('\n\n')[1].splitlines() if line.startswith('| ')]
+  header = [c.strip() for c in rows[0].strip('|').split('|')]
+  by_fold = {
+    r.strip('|').split('|')[0].strip(): [c.strip() for c in r.strip('|').split('|')] for r in rows[1:]
+  }
+  column = header.index('js_divergence')
+  assert set(by_fold) == {'A', 'B', 'mean ± std'}
+  assert by_fold['mean ± std'][column] == expected
+  assert by_fold['A'][column] == fmt(values[0])
+  assert '2-fold cross-validation' in markdown

@@ -260,3 +260,12 @@ def test_config_module_takes_defaults_from_the_dataclasses():
     == proxies.ProxyJob.__dataclass_fields__['max_new_tokens'].default
   )
   assert pa is not None
+
+
+def test_a_multi_process_pipeline_is_refused_with_a_clear_line(tmp_path, monkeypatch):
+  import jax
+
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  with pytest.raises(InputError, match='runs as one process, but this run has 2'):
+    pipeline.run_pipeline(pipeline.PipelineConfig(out_dir=str(tmp_path)))
+  assert not (tmp_path / 'stages').exists()

@@ -201,6 +201,23 @@ def _run_plan(
   }
 
 
+def _check_single_process() -> None:
+  """The pipeline runs as one process (it may use every local device); multi-process runs (several
+  hosts) go through the stage launchers, which share out work and merge on process 0.
+
+  Raises:
+    InputError: JAX's distributed runtime holds more than one process.
+  """
+  import jax  # the launcher has set up the distributed runtime before this
+
+  if jax.process_count() > 1:
+    raise InputError(
+      f'the pipeline runs as one process, but this run has {jax.process_count()}: run it without '
+      '--num_processes (it uses every local device), or run launch/generate_proxies.py and '
+      'launch/train.py as multi-process jobs'
+    )
+
+
 def run_pipeline(config: PipelineConfig) -> dict:
   """Runs (or resumes) every stage; returns each stage's outputs by stage name.
 
@@ -211,6 +228,7 @@ def run_pipeline(config: PipelineConfig) -> dict:
     InputError: bad input or settings, naming the stage ('[proxies] ...'); the out_dir holds a study
       of another corpus; another process holds the out_dir.
   """
+  _check_single_process()
   out = config.out_dir
   path = lambda *parts: os.path.join(out, *parts)  # noqa: E731
   with RunLock(out, what='pipeline out_dir'):
