@@ -161,6 +161,19 @@ def generate_proxies(config: PipelineConfig, checkpoint_dir: str, utterances: st
   return outputs
 
 
+# What each role's split may be called: perax's names, then corpus spellings (MSP-Podcast: Train, Development).
+SPLIT_ROLES = {'train': ('train',), 'dev': ('dev', 'development', 'validation')}
+
+
+def split_name(role: str, utterances: str) -> str | None:
+  """The corpus's name for split ``role`` ('train' or 'dev'), matched case-insensitively; None when absent."""
+  present = {str(s).lower(): str(s) for s in set(tables.column(tables.read_utterances(utterances), 'split'))}
+  for candidate in SPLIT_ROLES[role]:
+    if candidate in present:
+      return present[candidate]
+  return None
+
+
 def fold_utterances(utterances: str, fold: str, out_path: str) -> str:
   """The utterances table of one cross-validation fold: fold ``fold`` is 'test', the rest 'train'.
 
@@ -214,12 +227,14 @@ def build_distributions(
   }
   outputs: dict[str, Any] = {'utterances': utterances}
   edges = config.level_edges
+  train_split = split_name('train', utterances) or 'train'
   for name, inputs in variants.items():
     table, info = dist.build_distributions(
       label_set=label_set,
       utterances=utterance_table,
       seed=config.seed,
       fixed_edges=edges,
+      levels_from_split=train_split,
       **inputs,
     )
     if edges is None:  # the human variant fixes the run's one level definition; the rest reuse it
@@ -251,7 +266,7 @@ def augment(
       utterance_table,
       distributions,
       os.path.join(out_dir, 'train'),
-      split='train',
+      split=split_name('train', utterances) or 'train',
       **common,
     ),
   }
@@ -298,9 +313,9 @@ def training_config(
   train_config.data.test_fold = ''
   train_config.data.dev_fold = ''
   train_config.data.test_split = test_split
-  splits = set(tables.column(tables.read_utterances(utterances), 'split').astype(str))
-  if train_config.data.dev_split and train_config.data.dev_split not in splits:
-    train_config.data.dev_split = ''  # no dev split here (a fold's table): the best checkpoint is the last
+  train_config.data.train_split = split_name('train', utterances) or train_config.data.train_split
+  if train_config.data.dev_split:  # none in a fold's table: the best checkpoint is then the last
+    train_config.data.dev_split = split_name('dev', utterances) or ''
   if config.train_steps is not None:
     train_config.total_steps = config.train_steps
   return train_config
@@ -401,6 +416,7 @@ def analyze(config: PipelineConfig, data: Mapping[str, str], scores: str, out_di
     repeats=config.repeats,
     bootstrap=config.bootstrap,
     seed=config.seed,
+    levels_from=split_name('train', data['utterances']) or 'train',
   )
   outputs = analysis.analyze(inputs, settings, out_dir, command='perax.pipeline (analyze stage)')
   return {
