@@ -15,7 +15,7 @@ from perax.core import log
 from perax.core.errors import InputError
 from perax.data import labels as labels_lib
 from perax.data import tables
-from perax.pipeline import bodies
+from perax.pipeline import bodies, training
 from perax.pipeline import config as config_lib
 from perax.pipeline import run as run_lib
 from perax.pipeline import stages as stages_lib
@@ -215,10 +215,10 @@ def test_a_resumed_training_reports_every_step_of_metrics_jsonl(tmp_path, monkey
   )
 
   def resumed_train(config, directory, **_):  # resumed from step 7: this call ran steps 8-10 only
-    return bodies.loop.TrainResult(str(directory), 7, 10, {s: losses[s] for s in (8, 9, 10)}, {}, 10, [])
+    return training.loop.TrainResult(str(directory), 7, 10, {s: losses[s] for s in (8, 9, 10)}, {}, 10, [])
 
-  monkeypatch.setattr(bodies.loop, 'train', resumed_train)
-  outputs = bodies.train(None, str(workdir), 'train')
+  monkeypatch.setattr(training.loop, 'train', resumed_train)
+  outputs = training.train(None, str(workdir), 'train')
   assert (outputs['first_step'], outputs['first_loss'], outputs['last_loss']) == (1, 1.0, 0.1)
   assert pathlib.Path(outputs['loss_plot']).is_file()
 

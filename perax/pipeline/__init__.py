@@ -9,9 +9,9 @@
 - :func:`training_config`: the training config a plan runs with (for launch/train.py-style reuse).
 """
 
-from perax.pipeline.bodies import REFERENCES, training_config
 from perax.pipeline.config import NATURAL_LABEL_SETS, NATURAL_TEST_SPLITS, PipelineConfig
 from perax.pipeline.run import STAGES, run_pipeline
+from perax.pipeline.training import REFERENCES, training_config
 
 __all__ = [
   'NATURAL_LABEL_SETS',

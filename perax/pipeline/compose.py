@@ -20,13 +20,13 @@ import numpy as np
 from perax import analysis
 from perax.analysis import report as report_lib
 from perax.core import jsonio
-from perax.pipeline import bodies
+from perax.pipeline import bodies, training
 from perax.pipeline.config import PipelineConfig
 from perax.train import evaluate as evaluate_lib
 
 REFERENCE_WORDS = {
-  bodies.HUMAN: 'the human votes alone (the default reference)',
-  bodies.HUMAN_PROXY: 'the human + proxy targets the head was trained on (an extra view: they contain proxy '
+  training.HUMAN: 'the human votes alone (the default reference)',
+  training.HUMAN_PROXY: 'the human + proxy targets the head was trained on (an extra view: they contain proxy '
   'evidence, so they are not an independent reference)',
 }
 LEVEL_ROWS = evaluate_lib.LEVEL_ORDER
@@ -209,7 +209,7 @@ def _training(plans: Mapping[str, Mapping], folds: bool) -> report_lib.Section:
 
 
 def _evaluation(plans: Mapping[str, Mapping], reference: str, folds: bool) -> report_lib.Section:
-  extra = reference != bodies.HUMAN
+  extra = reference != training.HUMAN
   title = (
     'Evaluation against human + proxy targets (extra)' if extra else 'Evaluation against the human votes'
   )
@@ -295,8 +295,8 @@ def write(config: PipelineConfig, shared: Mapping[str, Mapping], plans: Mapping[
     _what_ran(config, shared, plans),
     _levels(plans, folds),
     _training(plans, folds),
-    _evaluation(plans, bodies.HUMAN, folds),
-    _evaluation(plans, bodies.HUMAN_PROXY, folds),
+    _evaluation(plans, training.HUMAN, folds),
+    _evaluation(plans, training.HUMAN_PROXY, folds),
     _analysis(shared['analyze'], config.out_dir),
   ]
   title = 'perax: end-to-end run' + (f', {len(plans)}-fold cross-validation' if folds else '')

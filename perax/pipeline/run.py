@@ -30,7 +30,7 @@ from perax.core import log, settings_record
 from perax.core.errors import InputError
 from perax.core.locks import RunLock
 from perax.data import tables
-from perax.pipeline import bodies, compose
+from perax.pipeline import bodies, compose, training
 from perax.pipeline import stages as stages_lib
 from perax.pipeline.config import ALL_FOLDS, PipelineConfig
 from perax.raters import prompts as prompts_lib
@@ -163,7 +163,7 @@ def _run_plan(
     ),
     clears=[path('augment')],
   ).outputs
-  train_config = bodies.training_config(
+  train_config = training.training_config(
     config, checkpoint.outputs['checkpoint'], plan_utterances, distributions['combined'], splits[0]
   )
   trained = runner.run(
@@ -176,10 +176,10 @@ def _run_plan(
       'train_steps': config.train_steps,
       'seed': config.seed,
     },
-    lambda: bodies.train(train_config, path('train'), runner.shown('train')),
+    lambda: training.train(train_config, path('train'), runner.shown('train')),
     clears=[path('train')],
   ).outputs
-  targets = {ref: distributions[name] for ref, name in bodies.DISTRIBUTION_OF.items()}
+  targets = {ref: distributions[name] for ref, name in training.DISTRIBUTION_OF.items()}
   evaluated = runner.run(
     'evaluate',
     {
@@ -187,7 +187,7 @@ def _run_plan(
       'distributions': runner.records['distributions'].digest,
       'test_splits': splits,
     },
-    lambda: bodies.evaluate(
+    lambda: training.evaluate(
       train_config, path('train'), targets, splits, path('evaluation'), runner.shown('evaluate')
     ),
     clears=[path('evaluation')],
