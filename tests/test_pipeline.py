@@ -199,9 +199,10 @@ def test_the_launcher_names_the_failing_stage_and_the_missing_label_set(tmp_path
 
 
 def _table_rows(path: pathlib.Path) -> list[dict]:
-  """A table's rows without columns that hold paths (they name the run directory)."""
+  """A table's rows without columns that hold paths (they name the run directory); NaN as None, so
+  that equal tables compare equal."""
   table = tables.read_table(str(path))
-  return [{k: v for k, v in row.items() if k != 'audio_path'} for row in table.to_pylist()]
+  return jsonio.jsonable([{k: v for k, v in row.items() if k != 'audio_path'} for row in table.to_pylist()])
 
 
 def _results(out: pathlib.Path) -> dict:

@@ -232,8 +232,8 @@ def run_pipeline(config: PipelineConfig) -> dict:
   out = config.out_dir
   path = lambda *parts: os.path.join(out, *parts)  # noqa: E731
   with RunLock(out, what='pipeline out_dir'):
-    _claim_corpus(config)
     label_set = config.resolved_label_set()
+    _claim_corpus(config)
     top = stages_lib.Stages(out)
     data = top.run(
       'prepare',
