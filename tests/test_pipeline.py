@@ -211,6 +211,7 @@ def _results(out: pathlib.Path) -> dict:
   for pattern in ('evaluation/**/metrics_*.json', 'analysis/*.json'):
     for path in sorted(out.glob(pattern)):
       results[str(path.relative_to(out))] = jsonio.read_json(path)
+  results['analysis/summary.json'].pop('seconds')  # how long the analysis took: differs by nature
   for pattern in (
     'distributions/*/*.parquet',
     'proxies/*/*.parquet',

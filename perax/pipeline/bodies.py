@@ -273,18 +273,19 @@ def augment(
   return outputs
 
 
-def analyze(config: PipelineConfig, data: Mapping[str, str], scores: str, out_dir: str) -> dict:
-  """Alignment of proxies with human votes, and the sparse-vs-dense study (perax.analysis)."""
+def analyze(config: PipelineConfig, data: Mapping[str, str], scores: str, out_dir: str, root: str) -> dict:
+  """Alignment of proxies with human votes, and the sparse-vs-dense study (perax.analysis); the
+  sources it records are named relative to the run directory ``root``."""
   reference = data.get('reference_votes')
   inputs = analysis.Inputs(
     human=tables.read_votes(data['votes']),
     proxy=tables.read_table(scores),
     reference=tables.read_votes(reference) if reference else None,
     utterances=tables.read_utterances(data['utterances']),
-    sources={
-      'human votes': data['votes'],
-      'proxy scores': scores,
-      'dense reference': reference or '(none)',
+    sources={  # relative to the run directory: the analysis records them, and a run dir can move
+      'human votes': os.path.relpath(data['votes'], root),
+      'proxy scores': os.path.relpath(scores, root),
+      'dense reference': os.path.relpath(reference, root) if reference else '(none)',
     },
     proxy_path=scores,
   )

@@ -296,7 +296,7 @@ def run_pipeline(config: PipelineConfig) -> dict:
         'bootstrap': config.bootstrap,
         'seed': config.seed,
       },
-      lambda: bodies.analyze(config, data, top.records['proxies'].outputs['score'], path('analysis')),
+      lambda: bodies.analyze(config, data, top.records['proxies'].outputs['score'], path('analysis'), out),
       clears=[path('analysis')],
     )
     shared = {name: top.records[name].outputs for name in SHARED_STAGES}
