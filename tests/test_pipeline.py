@@ -1,45 +1,115 @@
-"""The main job end to end on the demo corpus: every stage, resumption, and the report."""
+"""The main job end to end on the demo corpus: every stage, reuse by key, the report, the launcher."""
 
 import csv
 import dataclasses
+import json
+import logging
+import os
 import pathlib
+import shutil
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 from chromium_check import rendered_body
 
 from perax import pipeline
-from perax.core.errors import InputError
+from perax.core import jsonio, log
+from perax.data import tables
 
 SMALL = dict(votes_per_utterance=2, max_new_tokens=2, train_steps=6, bootstrap=20, sparse_k=(1, 3), repeats=1)
+SMALL_FLAGS = [
+  '--votes_per_utterance=2',
+  '--max_new_tokens=2',
+  '--train_steps=6',
+  '--bootstrap=20',
+  '--sparse_k=1,3',
+  '--repeats=1',
+]
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+class Lines(logging.Handler):
+  def __init__(self):
+    super().__init__()
+    self.lines = []
+
+  def emit(self, record):
+    self.lines.append(f'[{record.stage}] {record.getMessage()}' if record.stage else record.getMessage())
+
+
+def run_logged(config):
+  """Runs the pipeline; returns its outputs and the log lines it wrote ('[stage] message')."""
+  handler = Lines()
+  log.logger().addHandler(handler)
+  try:
+    return pipeline.run_pipeline(config), handler.lines
+  finally:
+    log.logger().removeHandler(handler)
+
+
+def ran(lines):
+  return [line.split(']')[0][1:] for line in lines if line.endswith('] running')]
 
 
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
-  """One small pipeline run on the demo corpus, and the lines it printed."""
-  config = pipeline.PipelineConfig(out_dir=str(tmp_path_factory.mktemp('pipeline')), **SMALL)
-  lines = []
-  outputs = pipeline.run_pipeline(config, echo=lines.append)
+  """One small pipeline run on the demo corpus, and the lines it logged."""
+  config = pipeline.PipelineConfig(out_dir=str(tmp_path_factory.mktemp('pipeline') / 'run'), **SMALL)
+  outputs, lines = run_logged(config)
   return config, outputs, lines
 
 
 def test_every_stage_ran_and_wrote_its_outputs(run):
   config, outputs, lines = run
   out = pathlib.Path(config.out_dir)
-  assert list(outputs) == list(pipeline.STAGES)
+  assert ran(lines) == list(pipeline.STAGES)
   for stage in pipeline.STAGES:
-    assert (out / 'stages' / f'{stage}.json').is_file()
-    assert f'[{stage}] running' in lines
+    record = jsonio.read_json(out / 'stages' / f'{stage}.json')
+    assert set(record) == {'key', 'outputs', 'digest', 'seconds'}
+    assert not (out / 'stages' / f'{stage}.started.json').exists()
   for path in (
     outputs['proxies']['sample'],
     outputs['proxies']['score'],
     outputs['distributions']['human'],
     outputs['distributions']['combined'],
     outputs['augment']['train']['utterances'],
-    outputs['augment']['eval']['utterances'],
+    outputs['augment']['eval_test']['utterances'],
   ):
     assert pathlib.Path(path).is_file(), path
   assert outputs['train']['final_step'] == SMALL['train_steps']
-  assert set(outputs['evaluate']['metrics']) == {'test', 'test_balanced'}
+  assert outputs['train']['first_step'] == 1
+  assert set(outputs['evaluate']['metrics']) == set(pipeline.REFERENCES)
+  for reference in pipeline.REFERENCES:
+    assert set(outputs['evaluate']['metrics'][reference]) == {'test', 'test_balanced'}
+
+
+def test_the_default_evaluation_is_against_human_votes_only(run):
+  config, outputs, _ = run
+  human = tables.read_table(outputs['distributions']['human'])
+  utterances = tables.read_utterances(outputs['prepare']['utterances'])
+  test_ids = set(tables.column(utterances, 'utt_id')[tables.column(utterances, 'split') == 'test'])
+  with_votes = [u for u, n in zip(tables.column(human, 'utt_id'), tables.column(human, 'n_human')) if n > 0]
+  metrics = outputs['evaluate']['metrics']['human']['test']['all']
+  assert metrics['n'] == len(test_ids & set(with_votes))
+  # JS divergence (base 2) of the saved predictions against the human distributions, computed here.
+  folder = pathlib.Path(config.out_dir) / 'evaluation' / 'human' / 'test'
+  predictions = tables.read_table(str(folder / 'predictions_test.parquet'))
+  labels = [c for c in predictions.column_names if c.startswith('p_')]
+  by_id = {u: i for i, u in enumerate(tables.column(human, 'utt_id'))}
+  rows = [by_id[u] for u in tables.column(predictions, 'utt_id')]
+  ref = np.stack([tables.column(human, c).astype(float)[rows] for c in labels], -1)
+  pred = np.stack([tables.column(predictions, c).astype(float) for c in labels], -1)
+  mid = (ref + pred) / 2
+
+  def kl(p, q):
+    return np.where(p > 0, p * np.log(np.where(p > 0, p, 1) / q), 0).sum(-1)
+
+  js = (kl(ref, mid) + kl(pred, mid)) / 2 / np.log(2)
+  assert metrics['js_divergence'] == pytest.approx(js.mean(), rel=1e-6)
+  combined = outputs['evaluate']['metrics']['human+proxy']['test']['all']
+  assert combined['js_divergence'] != pytest.approx(metrics['js_divergence'])
 
 
 def test_analysis_compares_sparse_votes_proxies_and_combinations_to_the_dense_reference(run):
@@ -53,36 +123,211 @@ def test_analysis_compares_sparse_votes_proxies_and_combinations_to_the_dense_re
   assert all(0.0 <= value <= 1.0 for value in js_all)
 
 
-def test_report_shows_what_ran_and_its_plots_render(run, tmp_path):
-  _config, outputs, _ = run
-  html = pathlib.Path(outputs['report']['html'])
-  text = html.read_text(encoding='utf-8')
+def test_report_names_references_states_levels_once_and_its_plots_render(run, tmp_path):
+  config, outputs, _ = run
+  markdown = pathlib.Path(outputs['report']['markdown']).read_text(encoding='utf-8')
   for heading in (
     'What ran',
+    'Ambiguity levels',
     'Fine-tuning the distributional head',
-    'Evaluation',
-    'recover the dense reference',
+    'Evaluation against the human votes',
+    'Evaluation against human + proxy targets (extra)',
+    'recover the dense human reference',
   ):
-    assert heading in text
-  assert text.count('data:image/png;base64,') >= 4
-  assert pathlib.Path(outputs['report']['markdown']).is_file()
-  body = rendered_body(html, tmp_path)
+    assert f'## {heading}' in markdown or heading in markdown, heading
+  info = jsonio.read_json(outputs['distributions']['human_info'])
+  definition = pipeline.bodies.level_definition(info)
+  assert markdown.count(definition.describe()) == 1
+  assert 'split train' in definition.describe()
+  captions = [line for line in markdown.splitlines() if line.startswith('**Set ')]
+  assert captions and all('reference human' in c for c in captions)
+  assert config.out_dir not in markdown  # paths relative to the run directory, movable
+  assert 'seconds' not in markdown  # no timings: reruns write the same report
+  body = rendered_body(pathlib.Path(outputs['report']['html']), tmp_path)
   assert 'data-images-broken="0"' in body
 
 
-def test_a_rerun_resumes_and_a_removed_stage_is_redone(run):
+def test_a_rerun_reuses_every_stage_and_a_removed_record_is_redone(run):
   config, outputs, _ = run
-  again = []
-  assert pipeline.run_pipeline(config, echo=again.append) == outputs
-  assert not any(line.endswith('running') for line in again)
+  again, lines = run_logged(config)
+  assert again == outputs and ran(lines) == []
   (pathlib.Path(config.out_dir) / 'stages' / 'report.json').unlink()
-  redone = []
-  pipeline.run_pipeline(config, echo=redone.append)
-  assert [line for line in redone if line.endswith('running')] == ['[report] running']
+  _, lines = run_logged(config)
+  assert ran(lines) == ['report']
 
 
-def test_a_rerun_with_other_settings_is_refused(run):
+def test_other_training_steps_and_bootstrap_rerun_only_the_stages_they_reach(run, tmp_path):
+  config, _outputs, _ = run
+  copy = tmp_path / 'copy'
+  shutil.copytree(config.out_dir, copy)
+  proxies = copy / 'proxies' / 'score' / 'scores.parquet'
+  before = proxies.stat().st_mtime_ns
+  changed = dataclasses.replace(config, out_dir=str(copy), train_steps=4, bootstrap=10)
+  result, lines = run_logged(changed)
+  assert ran(lines) == ['train', 'evaluate', 'analyze', 'report']
+  assert proxies.stat().st_mtime_ns == before
+  assert result['train']['final_step'] == 4
+  assert any('train_steps: recorded 6, now 4' in line for line in lines)
+  assert result['proxies']['score'] == str(proxies)
+
+
+def _launch(*flags, cwd=ROOT):
+  env = dict(os.environ, PYTHONPATH=str(ROOT))
+  return subprocess.run(
+    [sys.executable, str(ROOT / 'launch' / 'pipeline.py'), *flags],
+    capture_output=True,
+    text=True,
+    env=env,
+    cwd=cwd,
+    timeout=300,
+  )
+
+
+def test_the_launcher_names_the_failing_stage_and_the_missing_label_set(tmp_path):
+  done = _launch(
+    f'--out_dir={tmp_path / "a"}',
+    '--corpus=manifest',
+    '--corpus_path=/no/such/manifest.csv',
+    '--label_set=demo',
+  )
+  assert done.returncode == 2
+  assert done.stderr.strip().splitlines()[-1].startswith('error: [prepare] ')
+  done = _launch(f'--out_dir={tmp_path / "b"}', '--corpus=manifest', '--corpus_path=/x.csv')
+  assert done.returncode == 2 and 'give --label_set' in done.stderr
+  done = _launch(f'--out_dir={tmp_path / "c"}', '--iemocap_test_session=3')
+  assert done.returncode == 2 and '--iemocap_test_session applies to --corpus=iemocap' in done.stderr
+
+
+def _table_rows(path: pathlib.Path) -> list[dict]:
+  """A table's rows without columns that hold paths (they name the run directory); NaN as None, so
+  that equal tables compare equal."""
+  table = tables.read_table(str(path))
+  return jsonio.jsonable([{k: v for k, v in row.items() if k != 'audio_path'} for row in table.to_pylist()])
+
+
+def _results(out: pathlib.Path) -> dict:
+  """What an interrupted run must reproduce: report, evaluation, tables, training losses."""
+  results = {'report.md': (out / 'report.md').read_text(encoding='utf-8')}
+  for pattern in ('evaluation/**/metrics_*.json', 'analysis/*.json'):
+    for path in sorted(out.glob(pattern)):
+      results[str(path.relative_to(out))] = jsonio.read_json(path)
+  results['analysis/summary.json'].pop('seconds')  # how long the analysis took: differs by nature
+  for pattern in (
+    'distributions/*/*.parquet',
+    'proxies/*/*.parquet',
+    'evaluation/**/*.parquet',
+    'data/*.parquet',
+  ):
+    for path in sorted(out.glob(pattern)):
+      results[str(path.relative_to(out))] = _table_rows(path)
+  losses = [line for line in (out / 'train' / 'metrics.jsonl').read_text().splitlines() if line]
+  results['losses'] = [{k: v for k, v in json.loads(line).items() if k != 'seconds'} for line in losses]
+  return results
+
+
+def test_kill_9_in_every_stage_then_a_rerun_gives_the_uninterrupted_results(run, tmp_path):
+  """kill -9 once inside each stage (after a delay drawn per stage with a fixed seed), rerunning the
+  same command each time; the finished run equals the uninterrupted one."""
+  import random
+
   config, _, _ = run
-  changed = dataclasses.replace(config, seed=config.seed + 1, votes_per_utterance=3)
-  with pytest.raises(InputError, match=r"differing: \['seed', 'votes_per_utterance'\]"):
-    pipeline.run_pipeline(changed, echo=lambda line: None)
+  out = tmp_path / 'killed'
+  flags = [f'--out_dir={out}', *SMALL_FLAGS]
+  env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED='1')
+  command = [sys.executable, str(ROOT / 'launch' / 'pipeline.py'), *flags]
+  killed_in = []
+  for stage in pipeline.STAGES:
+    if (out / 'stages' / f'{stage}.json').exists():
+      continue  # an earlier kill landed after this stage finished
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    for line in process.stdout:
+      if f'[{stage}] running' in line:
+        break
+    delay = random.Random(stage).uniform(0.0, 2.0)
+    try:
+      process.wait(timeout=delay)
+    except subprocess.TimeoutExpired:
+      process.kill()  # SIGKILL: no cleanup of any kind
+      killed_in.append(stage)
+    process.stdout.read()
+    process.wait()
+  assert len(killed_in) >= 3, killed_in
+  done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert _results(out) == _results(pathlib.Path(config.out_dir))
+
+
+@pytest.fixture(scope='module')
+def cross_validation(run, tmp_path_factory):
+  """Two-fold cross-validation on a manifest corpus cut from the demo corpus (40 clips, 2 speakers a fold)."""
+  import pyarrow as pa
+
+  from perax.data.corpora import demo
+
+  root = tmp_path_factory.mktemp('cv')
+  demo.generate(str(root / 'demo'), seed=1)
+  corpus = demo.load(str(root / 'demo'))
+  speakers = tables.column(corpus.utterances, 'speaker')
+  fold_of = {'spk00': 'A', 'spk01': 'A', 'spk02': 'B', 'spk03': 'B'}
+  keep = np.asarray([s in fold_of for s in speakers])
+  utterances = corpus.utterances.filter(pa.array(keep))
+  folds = [fold_of[s] for s in tables.column(utterances, 'speaker')]
+  utterances = utterances.set_column(
+    utterances.schema.get_field_index('fold'), 'fold', pa.array(folds, pa.string())
+  )
+  kept_ids = set(tables.column(utterances, 'utt_id'))
+  votes = corpus.votes.filter(pa.array([u in kept_ids for u in tables.column(corpus.votes, 'utt_id')]))
+  manifest = tables.write_table(utterances, str(root / 'utterances.parquet'))
+  votes_path = tables.write_table(votes, str(root / 'votes.parquet'))
+  config = pipeline.PipelineConfig(
+    out_dir=str(root / 'run'),
+    corpus='manifest',
+    corpus_path=manifest,
+    corpus_options={'votes': votes_path},
+    label_set='demo',
+    checkpoint=run[1]['checkpoint']['checkpoint'],
+    folds=('all',),
+    **{**SMALL, 'train_steps': 2, 'sparse_k': (1,)},
+  )
+  outputs, lines = run_logged(config)
+  return config, outputs, lines, dict(zip(tables.column(utterances, 'utt_id'), folds))
+
+
+def test_cross_validation_shares_the_proxies_and_trains_each_fold(cross_validation):
+  config, outputs, lines, fold_of = cross_validation
+  stages = ran(lines)
+  assert stages.count('proxies') == 1
+  for fold in ('A', 'B'):
+    for stage in ('distributions', 'augment', 'train', 'evaluate'):
+      assert f'{stage} {fold}' in stages
+    fold_outputs = outputs['folds'][fold]
+    split = tables.read_utterances(fold_outputs['distributions']['utterances'])
+    expected = ['test' if fold_of[u] == fold else 'train' for u in tables.column(split, 'utt_id')]
+    assert tables.column(split, 'split').tolist() == expected
+    info = jsonio.read_json(fold_outputs['distributions']['human_info'])
+    definition = pipeline.bodies.level_definition(info)
+    assert (definition.split, definition.fitted_on) == ('train', expected.count('train'))
+    assert pathlib.Path(config.out_dir, 'folds', fold, 'train', 'metrics.jsonl').is_file()
+
+
+def test_cross_validation_reports_each_fold_and_mean_and_std(cross_validation):
+  _config, outputs, _, _ = cross_validation
+  markdown = pathlib.Path(outputs['report']['markdown']).read_text(encoding='utf-8')
+  values = [
+    outputs['folds'][f]['evaluate']['metrics']['human']['test']['all']['js_divergence'] for f in ('A', 'B')
+  ]
+  fmt = pipeline.compose.report_lib.format_value
+  expected = f'{fmt(float(np.mean(values)))} ± {fmt(float(np.std(values)))}'
+  table = markdown.split('**Set test, reference human: all utterances, per fold and mean ± std over folds**')[
+    1
+  ]
+  rows = [line for line in table.split('\n\n')[1].splitlines() if line.startswith('| ')]
+  header = [c.strip() for c in rows[0].strip('|').split('|')]
+  by_fold = {
+    r.strip('|').split('|')[0].strip(): [c.strip() for c in r.strip('|').split('|')] for r in rows[1:]
+  }
+  column = header.index('js_divergence')
+  assert set(by_fold) == {'A', 'B', 'mean ± std'}
+  assert by_fold['mean ± std'][column] == expected
+  assert by_fold['A'][column] == fmt(values[0])
+  assert '2-fold cross-validation' in markdown

@@ -1,0 +1,136 @@
+"""The training-side stage bodies: the training config of a plan, training, and evaluation against
+each reference (human votes alone by default; human + proxy targets as a labelled extra).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from perax.analysis import plots
+from perax.core.errors import InputError
+from perax.pipeline.bodies import split_name, with_messages
+from perax.pipeline.config import PipelineConfig
+from perax.train import evaluate as evaluate_lib
+from perax.train import loop
+
+# Evaluation references: the targets a model is scored against.
+HUMAN, HUMAN_PROXY = 'human', 'human+proxy'
+REFERENCES = (HUMAN, HUMAN_PROXY)
+DISTRIBUTION_OF = {HUMAN: 'human', HUMAN_PROXY: 'combined'}
+TRAIN_METRICS = loop.METRICS_FILE
+
+
+def load_train_config(path: str) -> Any:
+  """The ``get_config()`` of a training config file."""
+  if not os.path.isfile(path):
+    raise InputError('no training config here', path=path)
+  spec = importlib.util.spec_from_file_location('perax_train_config', path)
+  if spec is None or spec.loader is None:
+    raise InputError('not a Python training config', path=path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def training_config(
+  config: PipelineConfig, checkpoint_dir: str, utterances: str, targets: str, test_split: str = 'test'
+) -> Any:
+  """The training run's config: ``config.train_config`` pointed at this run's tables and model.
+
+  The pipeline owns the split: its utterances table says which rows are train and test (a fold's
+  table for cross-validation), so the config's own ``test_fold`` is cleared.
+  """
+  train_config = load_train_config(config.train_config)
+  train_config.seed = config.seed
+  train_config.model.checkpoint = checkpoint_dir
+  train_config.data.utterances = utterances
+  train_config.data.distributions = targets
+  train_config.data.label_set = config.resolved_label_set()
+  train_config.data.test_fold = ''
+  train_config.data.dev_fold = ''
+  train_config.data.test_split = test_split
+  train_config.data.train_split = split_name('train', utterances) or train_config.data.train_split
+  if train_config.data.dev_split:  # none in a fold's table: the best checkpoint is then the last
+    train_config.data.dev_split = split_name('dev', utterances) or ''
+  if config.train_steps is not None:
+    train_config.total_steps = config.train_steps
+  return train_config
+
+
+def read_metrics(workdir: str) -> dict[int, float]:
+  """{step: loss} of every step in ``<workdir>/metrics.jsonl``: the whole run, resumed parts included."""
+  path = os.path.join(workdir, TRAIN_METRICS)
+  losses = {}
+  if os.path.exists(path):
+    with open(path, encoding='utf-8') as f:
+      for number, line in enumerate(f, 1):
+        if line.strip():
+          try:
+            record = json.loads(line)
+          except json.JSONDecodeError:
+            raise InputError('not a JSON line', path=path, line=number) from None
+          losses[int(record['step'])] = float(record['loss'])
+  return losses
+
+
+def train(train_config: Any, workdir: str, stage: str) -> dict:
+  """Trains (resuming from the workdir's checkpoints); the loss record covers every step of the run.
+
+  The first loss and the loss plot come from metrics.jsonl, not from this call's steps, so a run
+  resumed after a kill reports the same as one that was not (issue 14, defect 2).
+  """
+  result = with_messages(loop.train, stage, train_config, workdir)
+  losses = read_metrics(workdir)
+  steps = sorted(losses)
+  figure = None
+  if steps:
+    figure = plots.loss_curve(steps, [losses[s] for s in steps], os.path.join(workdir, 'loss.png'))
+  return {
+    'workdir': workdir,
+    'final_step': result.final_step,
+    'best_step': result.best_step,
+    'first_step': steps[0] if steps else None,
+    'first_loss': losses[steps[0]] if steps else None,
+    'last_loss': losses[steps[-1]] if steps else None,
+    'loss_plot': figure,
+  }
+
+
+def evaluate(
+  train_config: Any,
+  workdir: str,
+  targets: Mapping[str, str],
+  test_splits: Sequence[str],
+  out_dir: str,
+  stage: str,
+) -> dict:
+  """The best checkpoint on each test split (plain and DiME-Aug balanced), against each reference.
+
+  Args:
+    targets: {reference: distributions path}: HUMAN (human votes only, the default reference) and
+      HUMAN_PROXY (the training targets, human votes combined with proxy scores).
+
+  Returns:
+    {'metrics': {reference: {set name: metrics by level}}, 'files': {reference: {set: metrics json}}}.
+  """
+  metrics: dict[str, dict] = {}
+  files: dict[str, dict] = {}
+  for reference in REFERENCES:
+    metrics[reference], files[reference] = {}, {}
+    for split in test_splits:
+      config = copy.deepcopy(train_config)
+      config.data.distributions = targets[reference]
+      config.data.test_split = split
+      where = os.path.join(out_dir, reference.replace('+', '_'), split)
+      results = with_messages(
+        evaluate_lib.evaluate_checkpoint, stage, config, workdir, which='best', out_dir=where
+      )
+      for name, by_level in results.items():
+        metrics[reference][name] = by_level
+        files[reference][name] = os.path.join(where, f'metrics_{name}.json')
+  return {'metrics': metrics, 'files': files, 'out_dir': out_dir}
