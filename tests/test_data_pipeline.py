@@ -14,6 +14,7 @@ from perax.augment import audio_mix, dime_aug
 from perax.augment import input_pipeline as dp
 from perax.data import audio, features
 from perax.data.tables import column, utterances_table
+from perax.distributions.levels import LevelDefinition
 from perax.models.tiny import make_tiny_checkpoint
 from perax.raters import prompts
 
@@ -355,7 +356,7 @@ def test_eval_iterator_covers_the_balanced_set_once(corpus, processor):
 
 def test_emodb_through_the_whole_pipeline(emodb_dir, processor):
   utterances, distributions = emodb_tables(emodb_dir, max_files=48)
-  plan = dime_aug.plan_augmentation(utterances, distributions, LABELS, (0.0, 0.0), seed=0)
+  plan = dime_aug.plan_augmentation(utterances, distributions, LABELS, LevelDefinition((0.0, 0.0)), seed=0)
   iterator = dp.make_train_iterator(
     utterances,
     distributions,

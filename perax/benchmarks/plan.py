@@ -4,10 +4,10 @@ For a Qwen2-Audio config, a (data, fsdp, tensor) mesh and a batch, this module b
 ``nnx.eval_shape`` (shapes and dtypes only), lowers and compiles ahead of time
 
 - ``encode``: the audio encoder on B clips of the clip's feature bucket;
-- ``prefill``: merge_audio and one decoder pass over B prompts, writing a KV cache with room for
-  the votes' tokens (as the sampler's prefill);
-- ``decode_step``: one token for the B * K vote rows over a cache with one row per vote (the layout
-  of the sampler that repeats each clip's prompt cache K times);
+- ``prefill``: perax.raters.decoding.prefill (merge_audio and one decoder pass) over B prompts,
+  writing a KV cache of the prompt bucket's slots (as the sampler's prefill);
+- ``decode_step``: one token for the B * K vote rows over the sampler's shared-prefix cache (one
+  prompt cache per clip, shared by its K votes, each vote with ``new_tokens - 1`` suffix slots);
 - ``train_step``: perax.train.step's training step (LoRA or another scope) on B examples;
 
 with parameters placed by perax.models.sharding's logical-axis rules and batches split over
@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from perax.configs import config_path
 from perax.data import features
@@ -51,7 +51,7 @@ from perax.models import activation_sharding, sharding
 from perax.models import cache as kv_cache
 from perax.models.config import Qwen2AudioConfig
 from perax.models.qwen2_audio import Qwen2AudioForConditionalGeneration
-from perax.raters import prompts, sampler
+from perax.raters import decoding, prompts
 from perax.train import mesh as mesh_lib
 from perax.train import model as model_lib
 from perax.train import optim
@@ -123,7 +123,7 @@ class Shapes:
     samples = int(math.ceil(settings.clip_seconds * features.SAMPLE_RATE))
     frames = features.bucket_for(samples) * features.FRAMES_PER_SECOND
     tokens = int(prompts.num_audio_tokens(np.asarray([features.valid_frames(samples)]))[0])
-    prompt = sampler.prompt_bucket(tokens + settings.prompt_text_tokens)
+    prompt = decoding.prompt_bucket(tokens + settings.prompt_text_tokens)
     train = -(-(tokens + settings.prompt_text_tokens + settings.transcript_tokens) // 64) * 64
     return cls(frames, frames // 4, tokens, prompt, train)
 
@@ -200,13 +200,6 @@ def _split_batch(mesh: Mesh, shape: Sequence[int], dtype) -> jax.ShapeDtypeStruc
   return jax.ShapeDtypeStruct(tuple(shape), dtype, sharding=NamedSharding(mesh, spec))
 
 
-def _logits_and_cache(outputs):
-  """(logits, cache) from the model's outputs: a tuple, or a struct with those fields."""
-  if isinstance(outputs, tuple):
-    return outputs[0], outputs[1]
-  return outputs.logits, outputs.cache
-
-
 def _cost(compiled) -> tuple[float | None, float | None]:
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):
@@ -254,9 +247,42 @@ def abstract_backbone(config: Qwen2AudioConfig, compute_dtype: str, param_dtype:
   )
 
 
-def _cache_shardings(config: Qwen2AudioConfig, rows: int, slots: int, dtype, mesh: Mesh) -> kv_cache.KVCache:
-  shape = jax.eval_shape(lambda: kv_cache.init_cache(config, rows, slots, dtype))
-  return sharding.cache_shardings(shape, mesh)
+def _cache_shardings(cache: kv_cache.KVCache, mesh: Mesh) -> kv_cache.KVCache:
+  """NamedShardings for an abstract cache (plain or shared-prefix), by the rules of
+  perax.raters.decoding.constrain_cache: batch over (data, fsdp), key/value heads over tensor."""
+
+  def kv(x):
+    return NamedSharding(mesh, sharding.partition_spec(kv_cache.KV_AXES, x.shape, mesh))
+
+  def mask(x):
+    return NamedSharding(mesh, sharding.partition_spec(kv_cache.MASK_AXES, x.shape, mesh))
+
+  def layer(entry):
+    if isinstance(entry, kv_cache.SharedPrefixLayer):
+      return entry.replace(
+        prefix=kv(entry.prefix), prefix_mask=mask(entry.prefix_mask), suffix=kv(entry.suffix)
+      )
+    return kv(entry)
+
+  return cache.replace(
+    keys=tuple(map(layer, cache.keys)),
+    values=tuple(map(layer, cache.values)),
+    mask=mask(cache.mask),
+    index=NamedSharding(mesh, PartitionSpec()),
+  )
+
+
+def decode_cache_shape(config: Qwen2AudioConfig, settings: PlanSettings, dtype) -> kv_cache.KVCache:
+  """The abstract shared-prefix cache of perax.raters.decoding.sample_votes: one prompt cache per
+  clip (the prompt bucket's slots) and ``new_tokens - 1`` suffix slots for each of its K votes."""
+  length = Shapes.for_settings(settings).prompt_length
+  return jax.eval_shape(
+    lambda: kv_cache.shared_prefix_cache(
+      kv_cache.init_cache(config, settings.batch_size, length, dtype),
+      settings.votes_per_clip,
+      max(settings.new_tokens - 1, 1),
+    )
+  )
 
 
 def inference_programs(
@@ -265,14 +291,17 @@ def inference_programs(
   mesh: Mesh,
   names: Sequence[str] = ('encode', 'prefill', 'decode_step'),
 ) -> dict[str, ProgramPlan]:
-  """Compiles the sampler's encode, prefill and one decode step with sharded weights and cache."""
+  """Compiles the sampler's encode, prefill and one decode step with sharded weights and cache.
+
+  The prefill is perax.raters.decoding.prefill (a prompt cache of exactly the prompt bucket's
+  slots); the decode step is one token of the B * K vote rows over sample_votes' shared-prefix cache.
+  """
   shapes = Shapes.for_settings(settings)
   model = abstract_backbone(config, settings.compute_dtype, settings.param_dtype)
   graphdef, state = nnx.split(model)
   state = _with_shardings(state, sharding.parameter_shardings(state, mesh))
   dtype = model_lib.dtype_from_name(settings.compute_dtype)
   batch, votes, length = settings.batch_size, settings.votes_per_clip, shapes.prompt_length
-  slots = length + settings.new_tokens
   hidden = config.text.hidden_size
   plans = {}
 
@@ -291,25 +320,14 @@ def inference_programs(
     )
 
   if 'prefill' in names:
-    prefill_cache = _cache_shardings(config, batch, slots, dtype, mesh)
+    prefill_cache = _cache_shardings(
+      jax.eval_shape(lambda: kv_cache.init_cache(config, batch, length, dtype)), mesh
+    )
 
     @activation_sharding.traced_in(mesh)
     def prefill(state, embeds, valid, ids, mask):
-      model = nnx.merge(graphdef, state)
-      inputs_embeds = model.merge_audio(ids, embeds, valid)
-      positions = jnp.maximum(jnp.cumsum(mask, axis=1, dtype=jnp.int32) - 1, 0)
-      cache = kv_cache.init_cache(config, batch, slots, inputs_embeds.dtype)
-      cache = jax.lax.with_sharding_constraint(cache, prefill_cache)
-      logits, cache = _logits_and_cache(
-        model(
-          inputs_embeds=inputs_embeds,
-          positions=positions,
-          attention_mask=mask,
-          cache=cache,
-          logits_at=jnp.full((batch, 1), length - 1, jnp.int32),
-        )
-      )
-      return logits[:, 0], cache
+      logits, cache, _ = decoding.prefill(nnx.merge(graphdef, state), config, embeds, valid, ids, mask, mesh)
+      return logits, cache
 
     plans['prefill'] = compile_program(
       'prefill',
@@ -323,16 +341,17 @@ def inference_programs(
 
   if 'decode_step' in names:
     rows = batch * votes
-    decode_cache = _cache_shardings(config, rows, slots, dtype, mesh)
-    cache_shape = jax.eval_shape(lambda: kv_cache.init_cache(config, rows, slots, dtype))
+    cache_shape = decode_cache_shape(config, settings, dtype)
+    decode_cache = _cache_shardings(cache_shape, mesh)
 
     @activation_sharding.traced_in(mesh)
     def decode_step(state, tokens, positions, cache):
       model = nnx.merge(graphdef, state)
-      logits, cache = _logits_and_cache(
-        model(input_ids=tokens, positions=positions, attention_mask=jnp.ones(tokens.shape, bool), cache=cache)
+      out = model(
+        input_ids=tokens, positions=positions, attention_mask=jnp.ones(tokens.shape, bool), cache=cache
       )
-      return jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32), cache
+      token = jnp.argmax(out.logits[:, -1], axis=-1).astype(jnp.int32)
+      return token, decoding.constrain_cache(out.cache, mesh)
 
     plans['decode_step'] = compile_program(
       'decode_step',

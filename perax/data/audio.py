@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import tempfile
 
 import numpy as np
@@ -70,6 +71,10 @@ def load_audio(
   return soxr.resample(mono, file_rate, sr, quality=RESAMPLE_QUALITY).astype(np.float32, copy=False)
 
 
+NO_SAMPLES = 'audio has no samples'
+NON_FINITE_PATTERN = re.compile(r'audio has \d+ NaN and \d+ infinite samples')
+
+
 def check_finite(wave: np.ndarray, path: os.PathLike | str | None = None) -> np.ndarray:
   """Returns ``wave`` unchanged if it holds samples and all are finite; else raises naming ``path``.
 
@@ -86,7 +91,7 @@ def check_finite(wave: np.ndarray, path: os.PathLike | str | None = None) -> np.
   """
   wave = np.asarray(wave)
   if wave.size == 0:
-    raise InputError('audio has no samples', path=path)
+    raise InputError(NO_SAMPLES, path=path)
   finite = np.isfinite(wave)
   if not finite.all():
     nan, inf = int(np.isnan(wave).sum()), int(np.isinf(wave).sum())

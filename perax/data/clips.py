@@ -25,7 +25,7 @@ import dataclasses
 import numpy as np
 
 from perax.core.errors import InputError
-from perax.data import features
+from perax.data import audio, features
 
 POLICIES = ('truncate', 'split')
 WHOLE, TRUNCATED, SPLIT = 'whole', 'truncated', 'split'  # values of the ``clip_policy`` column
@@ -59,12 +59,15 @@ class Clip:
 
 
 def check_audio(waveform: np.ndarray, *, path: str | None = None, item: str | None = None) -> None:
-  """Raises InputError (reason one of :data:`SKIP_REASONS`) for audio perax cannot rate."""
-  if not len(waveform):
-    raise InputError(EMPTY, path=path, item=item)
-  if not np.all(np.isfinite(waveform)):
-    bad = int(np.sum(~np.isfinite(waveform)))
-    raise InputError(f'{NON_FINITE} ({bad} of {len(waveform)})', path=path, item=item)
+  """Raises InputError for audio perax cannot rate; :func:`skip_reason` names it (:data:`SKIP_REASONS`).
+
+  Empty and non-finite audio are perax.data.audio.check_finite's rule (the one home); this adds the
+  shortest clip the encoder turns into an audio token.
+  """
+  try:
+    audio.check_finite(waveform, path=path)
+  except InputError as error:
+    raise InputError(error.reason, path=path, item=item) from None
   if int(features.valid_frames(len(waveform))) < MIN_FRAMES:
     raise InputError(
       f'{TOO_SHORT} ({len(waveform)} samples, {MIN_FRAMES} feature frames needed)', path=path, item=item
@@ -72,7 +75,11 @@ def check_audio(waveform: np.ndarray, *, path: str | None = None, item: str | No
 
 
 def skip_reason(error: InputError) -> str:
-  """The :data:`SKIP_REASONS` entry an error of :func:`check_audio` carries, else 'unreadable audio'."""
+  """The :data:`SKIP_REASONS` entry an audio error carries, else 'unreadable audio'."""
+  if error.reason.startswith(audio.NO_SAMPLES):
+    return EMPTY
+  if audio.NON_FINITE_PATTERN.match(error.reason):
+    return NON_FINITE
   return next((reason for reason in SKIP_REASONS if error.reason.startswith(reason)), 'unreadable audio')
 
 

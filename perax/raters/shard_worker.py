@@ -14,7 +14,6 @@ import dataclasses
 
 import numpy as np
 import pyarrow as pa
-import soundfile
 from jax.sharding import Mesh
 
 from perax.core.errors import InputError
@@ -129,9 +128,9 @@ class ShardWorker:
         )
         clips[row] = clips_lib.prepare(waveform, self.job.long_clips, path=path, item=utt_id)
       except InputError as load_error:
-        error = load_error
-        if path is not None and _has_no_frames(path):  # load_audio reports it as an empty segment
-          error = InputError(clips_lib.EMPTY, path=path, item=utt_id)
+        error, reason = load_error, clips_lib.skip_reason(load_error)
+        if reason in clips_lib.SKIP_REASONS and not error.reason.startswith(reason):
+          error = InputError(f'{reason}: {error.reason}', path=error.path or path, item=utt_id)
         if error.item is None:
           error = InputError(error.reason, path=error.path or path, item=utt_id)
         if not self.job.lenient_audio:
@@ -228,11 +227,3 @@ class ShardWorker:
     for name, kind in marks:
       columns[name] = pa.array([r[name] for r in rows], kind)
     return tables.votes_table(columns)
-
-
-def _has_no_frames(path: str) -> bool:
-  """The file is readable audio holding 0 frames (e.g. a wav with only a header)."""
-  try:
-    return soundfile.info(str(path)).frames == 0
-  except (soundfile.LibsndfileError, RuntimeError, OSError):
-    return False
