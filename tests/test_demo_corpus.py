@@ -3,7 +3,6 @@
 import os
 import pathlib
 import shutil
-import time
 
 import numpy as np
 import pyarrow as pa
@@ -27,11 +26,9 @@ def _file_bytes(root):
 
 @pytest.fixture(scope='module')
 def generated(tmp_path_factory):
-  """The default demo corpus (seed 0) and the seconds its generation took."""
+  """The default demo corpus (seed 0), as a (path,) tuple."""
   out_dir = tmp_path_factory.mktemp('demo')
-  start = time.perf_counter()
-  path = demo.generate(out_dir, seed=0, n_clips=NUM_CLIPS)
-  return path, time.perf_counter() - start
+  return (demo.generate(out_dir, seed=0, n_clips=NUM_CLIPS),)
 
 
 @pytest.fixture(scope='module')
@@ -51,10 +48,6 @@ def acoustics(corpus):
     freqs = np.fft.rfftfreq(audio.size, 1 / rate)
     centroids.append((freqs * spectrum).sum() / spectrum.sum())
   return np.array(levels), np.array(centroids)
-
-
-def test_generation_is_fast(generated):
-  assert generated[1] < 15.0, f'{NUM_CLIPS} clips took {generated[1]:.1f} s'
 
 
 def test_same_seed_gives_identical_files(tmp_path, generated):

@@ -3,7 +3,6 @@
 import hashlib
 import json
 import pathlib
-import time
 
 import numpy as np
 import pytest
@@ -197,10 +196,8 @@ def test_bfloat16_weights_are_the_rounded_float32_weights(tmp_path, checkpoint):
     np.testing.assert_array_equal(value, expected, err_msg=name)
 
 
-def test_same_seed_gives_identical_bytes_and_creation_is_fast(tmp_path):
-  start = time.perf_counter()
+def test_same_seed_gives_identical_bytes(tmp_path):
   first = pathlib.Path(tiny.make_tiny_checkpoint(tmp_path / 'a', seed=7))
-  elapsed = time.perf_counter() - start
   second = pathlib.Path(tiny.make_tiny_checkpoint(tmp_path / 'b', seed=7))
   other = pathlib.Path(tiny.make_tiny_checkpoint(tmp_path / 'c', seed=8))
 
@@ -212,7 +209,6 @@ def test_same_seed_gives_identical_bytes_and_creation_is_fast(tmp_path):
   assert all(digest(first, name) == digest(second, name) for name in names)
   assert digest(first, 'model.safetensors') != digest(other, 'model.safetensors')
   assert digest(first, 'tokenizer.json') == digest(other, 'tokenizer.json')
-  assert elapsed < 1.0
 
 
 def test_bad_overrides_are_rejected(tmp_path):
