@@ -215,19 +215,21 @@ def build_distributions(
     'combined': dict(human_votes=human, synthetic_scores=score_table, combine=config.combine),
   }
   outputs: dict[str, Any] = {'utterances': utterances}
-  edges = config.level_edges
+  levels = None
+  if config.level_edges is not None:
+    levels = dist.LevelDefinition(edges=tuple(config.level_edges), source='fixed')
   train_split = split_name('train', utterances) or 'train'
   for name, inputs in variants.items():
     table, info = dist.build_distributions(
       label_set=label_set,
       utterances=utterance_table,
       seed=config.seed,
-      fixed_edges=edges,
+      level_definition=levels,
       levels_from_split=train_split,
       **inputs,
     )
-    if edges is None:  # the human variant fixes the run's one level definition; the rest reuse it
-      edges = tuple(info['edges'])
+    if levels is None:  # the human variant fixes the run's one level definition; the rest reuse it
+      levels = dist.LevelDefinition.from_json(info['levels'])
     path, info_path = dist.write_distributions(table, info, os.path.join(out_dir, name))
     log.info(f'{name}:\n{dist.format_summary(info)}', stage=stage)
     outputs[name] = path
@@ -239,15 +241,17 @@ def augment(
   config: PipelineConfig,
   utterances: str,
   targets: str,
-  edges: Sequence[float],
+  levels: dist.LevelDefinition,
   test_splits: Sequence[str],
   out_dir: str,
   stage: str,
 ) -> dict:
-  """DiME-Aug written out: the balanced training split and a balanced evaluation set per test split."""
+  """DiME-Aug written out: the balanced training split and a balanced evaluation set per test split,
+  all under the run's one level definition. Training and evaluation read these sets (never a second
+  plan): see perax.pipeline.training.training_config."""
   utterance_table = tables.read_utterances(utterances)
   distributions = tables.read_table(targets)
-  common = dict(seed=config.seed, edges=tuple(edges))
+  common = dict(seed=config.seed, levels=levels)
   outputs = {
     'train': with_messages(
       augmented_set.augment,

@@ -215,8 +215,14 @@ def _evaluation(plans: Mapping[str, Mapping], reference: str, folds: bool) -> re
   )
   paragraphs = [
     f'Metrics of the fine-tuned head (best checkpoint) against {REFERENCE_WORDS[reference]}, overall and '
-    'per ambiguity level, on each test split and on the DiME-Aug balanced evaluation set built from it. '
-    'n/a: no utterance at that level.'
+    + (
+      'per ambiguity level, on each test split and on the DiME-Aug balanced evaluation set built from it '
+      '(whose mixed targets are human + proxy targets). '
+      if extra
+      else 'per ambiguity level, on each test split (the balanced set carries human + proxy targets, so it '
+      'is scored in the extra table). '
+    )
+    + 'n/a: no utterance at that level.'
   ]
   sets: dict[str, dict[str, Mapping]] = {}
   for name, plan in plans.items():

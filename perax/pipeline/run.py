@@ -148,7 +148,7 @@ def _run_plan(
   ).outputs
   plan_utterances = distributions['utterances']
   splits = ('test',) if fold else resolve_splits(test_splits or (), plan_utterances)
-  edges = bodies.level_definition(bodies.read_info(distributions['human_info'])).edges
+  levels = bodies.level_definition(bodies.read_info(distributions['human_info']))
   augmented = runner.run(
     'augment',
     {'distributions': runner.records['distributions'].digest, 'test_splits': splits, 'seed': config.seed},
@@ -156,7 +156,7 @@ def _run_plan(
       config,
       plan_utterances,
       distributions['combined'],
-      edges,
+      levels,
       splits,
       path('augment'),
       runner.shown('augment'),
@@ -164,7 +164,13 @@ def _run_plan(
     clears=[path('augment')],
   ).outputs
   train_config = training.training_config(
-    config, checkpoint.outputs['checkpoint'], plan_utterances, distributions['combined'], splits[0]
+    config,
+    checkpoint.outputs['checkpoint'],
+    plan_utterances,
+    distributions['combined'],
+    splits,
+    augment_dir=path('augment'),
+    levels_path=distributions['human_info'],
   )
   trained = runner.run(
     'train',

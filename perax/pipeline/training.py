@@ -38,12 +38,21 @@ def load_train_config(path: str) -> Any:
 
 
 def training_config(
-  config: PipelineConfig, checkpoint_dir: str, utterances: str, targets: str, test_split: str = 'test'
+  config: PipelineConfig,
+  checkpoint_dir: str,
+  utterances: str,
+  targets: str,
+  test_splits: Sequence[str] = ('test',),
+  augment_dir: str | None = None,
+  levels_path: str | None = None,
 ) -> Any:
   """The training run's config: ``config.train_config`` pointed at this run's tables and model.
 
   The pipeline owns the split: its utterances table says which rows are train and test (a fold's
-  table for cross-validation), so the config's own ``test_fold`` is cleared.
+  table for cross-validation), so the config's own ``test_fold`` is cleared. With ``augment_dir``,
+  training and evaluation read the DiME-Aug sets the augment stage wrote there (``train/`` and
+  ``eval_<split>/`` per test split) instead of planning DiME-Aug a second time; with ``levels_path``
+  (a distributions.json), they apply the run's one ambiguity level definition.
   """
   train_config = load_train_config(config.train_config)
   train_config.seed = config.seed
@@ -53,7 +62,12 @@ def training_config(
   train_config.data.label_set = config.resolved_label_set()
   train_config.data.test_fold = ''
   train_config.data.dev_fold = ''
-  train_config.data.test_split = test_split
+  train_config.data.test_splits = tuple(test_splits)
+  if augment_dir is not None:
+    train_config.data.augmented_train_dir = os.path.join(augment_dir, 'train')
+    train_config.data.eval_set_dirs = tuple(os.path.join(augment_dir, f'eval_{s}') for s in test_splits)
+  if levels_path is not None:
+    train_config.data.level_definition = levels_path
   train_config.data.train_split = split_name('train', utterances) or train_config.data.train_split
   if train_config.data.dev_split:  # none in a fold's table: the best checkpoint is then the last
     train_config.data.dev_split = split_name('dev', utterances) or ''
@@ -120,15 +134,26 @@ def evaluate(
   """
   metrics: dict[str, dict] = {}
   files: dict[str, dict] = {}
+  written = dict(zip(train_config.data.test_splits, train_config.data.eval_set_dirs))
   for reference in REFERENCES:
     metrics[reference], files[reference] = {}, {}
     for split in test_splits:
       config = copy.deepcopy(train_config)
       config.data.distributions = targets[reference]
-      config.data.test_split = split
+      config.data.test_splits = (split,)
+      config.data.eval_set_dirs = (written[split],) if split in written else ()
+      # The written balanced set carries the training targets (human + proxy): it is scored against
+      # that reference only; the human reference scores the plain test split.
+      balanced = reference == HUMAN_PROXY
       where = os.path.join(out_dir, reference.replace('+', '_'), split)
       results = with_messages(
-        evaluate_lib.evaluate_checkpoint, stage, config, workdir, which='best', out_dir=where
+        evaluate_lib.evaluate_checkpoint,
+        stage,
+        config,
+        workdir,
+        which='best',
+        out_dir=where,
+        balanced=balanced,
       )
       for name, by_level in results.items():
         metrics[reference][name] = by_level
