@@ -43,6 +43,28 @@ _IEMOCAP_TEST = flags.DEFINE_integer(
 _IEMOCAP_SELF = flags.DEFINE_bool(
   'iemocap_self_evaluations', None, "Count the IEMOCAP actors' self-evaluations as votes."
 )
+_IEMOCAP_PROTOCOL = flags.DEFINE_enum(
+  'iemocap_protocol',
+  None,
+  ['4class', 'any_in_set', 'full'],
+  'IEMOCAP protocol (default 4class: neu, hap+exc, sad, ang; see launch/prepare.py --help).',
+)
+_MSP_PROTOCOL = flags.DEFINE_enum('msp_protocol', None, ['8class'], 'MSP-Podcast protocol (default 8class).')
+_MSP_X = flags.DEFINE_enum(
+  'msp_emo_class_x',
+  None,
+  ['drop', 'keep'],
+  'MSP-Podcast EmoClass X (no agreement) utterances (default drop).',
+)
+_MSP_O = flags.DEFINE_enum(
+  'msp_emo_class_o', None, ['drop', 'keep'], 'MSP-Podcast EmoClass O (other) utterances (default drop).'
+)
+_OUTSIDE_VOTES = flags.DEFINE_enum(
+  'outside_votes',
+  None,
+  ['drop', 'other'],
+  "IEMOCAP / MSP-Podcast votes outside the protocol's classes: drop (default) or an explicit 'other' class.",
+)
 _CREMA_MODALITY = flags.DEFINE_enum(
   'crema_modality', None, _POOLS, 'CREMA-D rater pool of the human votes (default: voice).'
 )
@@ -103,22 +125,27 @@ _SEED = flags.DEFINE_integer('seed', _DEFAULTS.seed, 'Seeds every stage.')
 
 # Corpus options: flag -> (corpus, loader option).
 _CORPUS_OPTIONS = (
-  (_IEMOCAP_TEST, 'iemocap', 'test_session'),
-  (_IEMOCAP_SELF, 'iemocap', 'self_evaluations'),
-  (_CREMA_MODALITY, 'crema_d', 'modality'),
-  (_CREMA_REFERENCE, 'crema_d', 'reference_modality'),
-  (_MANIFEST_VOTES, 'manifest', 'votes'),
+  (_IEMOCAP_TEST, ('iemocap',), 'test_session'),
+  (_IEMOCAP_SELF, ('iemocap',), 'self_evaluations'),
+  (_IEMOCAP_PROTOCOL, ('iemocap',), 'protocol'),
+  (_MSP_PROTOCOL, ('msp_podcast',), 'protocol'),
+  (_MSP_X, ('msp_podcast',), 'emo_class_x'),
+  (_MSP_O, ('msp_podcast',), 'emo_class_o'),
+  (_OUTSIDE_VOTES, ('iemocap', 'msp_podcast'), 'outside_votes'),
+  (_CREMA_MODALITY, ('crema_d',), 'modality'),
+  (_CREMA_REFERENCE, ('crema_d',), 'reference_modality'),
+  (_MANIFEST_VOTES, ('manifest',), 'votes'),
 )
 
 
 def corpus_options(corpus: str) -> dict:
   """The loader options given by flags; a flag of another corpus is refused, naming it."""
   options = {}
-  for holder, owner, option in _CORPUS_OPTIONS:
+  for holder, owners, option in _CORPUS_OPTIONS:
     if holder.value is None:
       continue
-    if owner != corpus:
-      raise InputError(f'--{holder.name} applies to --corpus={owner}, not --corpus={corpus}')
+    if corpus not in owners:
+      raise InputError(f'--{holder.name} applies to --corpus={"|".join(owners)}, not --corpus={corpus}')
     options[option] = holder.value
   return options
 

@@ -162,7 +162,7 @@ def _utterances(tmp_path, splits, folds):
 def test_folds_and_test_splits_resolve_against_the_corpus(tmp_path):
   path = _utterances(
     tmp_path,
-    ['Train', 'Test1', 'Test2', 'Development', 'Train'],
+    ['train', 'test1', 'test2', 'dev', 'train'],  # MSP-Podcast's sets as perax's split column holds them
     ['Session1', 'Session2', 'Session2', 'Session3', 'Session1'],
   )
   assert run_lib.resolve_folds(('all',), path) == ('Session1', 'Session2', 'Session3')
@@ -170,10 +170,8 @@ def test_folds_and_test_splits_resolve_against_the_corpus(tmp_path):
   assert run_lib.resolve_folds(None, path) == ()
   with pytest.raises(InputError, match='unknown fold .Session9.; folds: Session1, Session2, Session3'):
     run_lib.resolve_folds(('Session9',), path)
-  assert run_lib.resolve_splits(('test1', 'TEST2'), path) == ('Test1', 'Test2')
-  with pytest.raises(
-    InputError, match=r"test split\(s\) \['test3'\]; splits: Development, Test1, Test2, Train"
-  ):
+  assert run_lib.resolve_splits(('Test1', 'TEST2'), path) == ('test1', 'test2')
+  with pytest.raises(InputError, match=r"test split\(s\) \['test3'\]; splits: dev, test1, test2, train"):
     run_lib.resolve_splits(('test3',), path)
 
 

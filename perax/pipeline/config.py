@@ -16,15 +16,13 @@ from typing import Any
 from perax import analysis
 from perax.configs import config_path
 from perax.core.errors import InputError
+from perax.data import corpora
 from perax.raters import proxies
 
-# The label set a corpus is studied with unless --label_set says otherwise (perax.data.labels).
+# The label set a corpus is studied with unless --label_set says otherwise: its protocol's
+# (perax.data.corpora.natural_label_set, the one home of that rule), shown here for --help.
 NATURAL_LABEL_SETS = {
-  'demo': 'demo',
-  'iemocap': 'iemocap4',
-  'msp_podcast': 'msp_podcast',
-  'crema_d': 'crema_d',
-  'emodb': 'emodb',
+  c: corpora.natural_label_set(c) for c in corpora.CORPORA if corpora.natural_label_set(c)
 }
 # The test split(s) evaluated unless --test_splits says otherwise, matched case-insensitively against
 # the corpus's split names (MSP-Podcast's Test1 / Test2 / Test3: Test1, as the challenge reports).
@@ -112,12 +110,16 @@ class PipelineConfig:
     """
     if self.label_set:
       return self.label_set
-    if self.corpus not in NATURAL_LABEL_SETS:
+    options = dict(self.corpus_options)
+    natural = corpora.natural_label_set(
+      self.corpus, options.get('protocol'), options.get('outside_votes') or 'drop'
+    )
+    if natural is None:
       raise InputError(
-        f'corpus {self.corpus!r} has no natural label set: give --label_set '
-        '(a name such as iemocap4, or comma-separated labels)'
+        f'corpus {self.corpus!r} (protocol {options.get("protocol") or "default"}) has no natural label '
+        'set: give --label_set (a name such as iemocap4, or comma-separated labels)'
       )
-    return NATURAL_LABEL_SETS[self.corpus]
+    return natural
 
   def wanted_test_splits(self) -> tuple[str, ...]:
     """The test split names asked for (before matching them against the corpus's splits)."""

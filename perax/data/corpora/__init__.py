@@ -52,7 +52,7 @@ _NATURAL_LABEL_SETS = {
   ('msp_podcast', '8class'): 'msp_podcast',
   ('crema_d', None): 'crema_d',
   ('emodb', None): 'emodb',
-  ('demo', None): 'iemocap4',
+  ('demo', None): 'demo',  # the demo's four classes (iemocap4's)
 }
 DEFAULT_PROTOCOLS = {'iemocap': '4class', 'msp_podcast': '8class'}
 
@@ -62,7 +62,7 @@ def natural_label_set(name: str, protocol: str | None = None, outside_votes: str
 
   IEMOCAP: iemocap4 for '4class' and 'any_in_set', iemocap for 'full'; MSP-Podcast: msp_podcast; with
   ``outside_votes='other'`` the set gains 'other' (iemocap4_other, msp_podcast_other). CREMA-D and
-  EmoDB: their own sets; demo: iemocap4; manifest and protocol 'none': None.
+  EmoDB: their own sets; demo: demo (iemocap4's classes); manifest and protocol 'none': None.
   """
   protocol = protocol or DEFAULT_PROTOCOLS.get(name)
   found = _NATURAL_LABEL_SETS.get((name, protocol))
