@@ -270,7 +270,7 @@ def test_a_multi_process_pipeline_is_refused_with_a_clear_line(tmp_path, monkeyp
 
 
 def test_split_roles_match_the_corpus_spelling(tmp_path):
-  path = _utterances(tmp_path, ['Train', 'Development', 'Test1'], ['a', 'b', 'c'])
-  assert (bodies.split_name('train', path), bodies.split_name('dev', path)) == ('Train', 'Development')
+  path = _utterances(tmp_path, ['train', 'dev', 'test1'], ['a', 'b', 'c'])
+  assert (bodies.split_name('train', path), bodies.split_name('dev', path)) == ('train', 'dev')
   path = _utterances(tmp_path, ['train', 'test'], ['a', 'b'])
   assert (bodies.split_name('train', path), bodies.split_name('dev', path)) == ('train', None)
