@@ -81,8 +81,17 @@ def test_every_stage_ran_and_wrote_its_outputs(run):
   assert outputs['train']['final_step'] == SMALL['train_steps']
   assert outputs['train']['first_step'] == 1
   assert set(outputs['evaluate']['metrics']) == set(pipeline.REFERENCES)
-  for reference in pipeline.REFERENCES:
-    assert set(outputs['evaluate']['metrics'][reference]) == {'test', 'test_balanced'}
+  # The written balanced set carries human + proxy targets: scored against that reference only.
+  assert set(outputs['evaluate']['metrics']['human']) == {'test'}
+  assert set(outputs['evaluate']['metrics']['human+proxy']) == {'test', 'test_balanced'}
+
+
+def test_evaluation_scores_the_balanced_set_the_augment_stage_wrote(run):
+  _, outputs, _ = run
+  written = tables.read_table(outputs['augment']['eval_test']['utterances'])
+  (predictions,) = pathlib.Path(outputs['evaluate']['out_dir']).rglob('predictions_test_balanced.parquet')
+  scored = tables.read_table(str(predictions))
+  assert sorted(tables.column(scored, 'utt_id')) == sorted(tables.column(written, 'utt_id'))
 
 
 def test_the_default_evaluation_is_against_human_votes_only(run):
