@@ -156,6 +156,15 @@ def _levels(plans: Mapping[str, Mapping], folds: bool) -> report_lib.Section:
     'Ambiguity level: the normalised entropy of the human vote distribution, cut at one pair of edges '
     'per run. Distributions, DiME-Aug and evaluation use the same edges.'
   ]
+  for name, plan in plans.items():
+    info = jsonio.read_json(plan['distributions']['human_info'])
+    if info.get('n_without_human'):
+      reasons = ', '.join(f'{n} {why}' for why, n in info.get('without_human', {}).items() if n)
+      where = f' ({name})' if folds else ''
+      paragraphs.append(
+        f'Targets without a human vote{where}: {info["n_without_human"]} utterances ({reasons}); they '
+        'have no level and are left out of training and evaluation.'
+      )
   tables = ()
   if not folds:
     (definition,) = definitions.values()
