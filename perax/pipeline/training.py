@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import json
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -22,7 +21,6 @@ from perax.train import loop
 HUMAN, HUMAN_PROXY = 'human', 'human+proxy'
 REFERENCES = (HUMAN, HUMAN_PROXY)
 DISTRIBUTION_OF = {HUMAN: 'human', HUMAN_PROXY: 'combined'}
-TRAIN_METRICS = loop.METRICS_FILE
 
 
 def load_train_config(path: str) -> Any:
@@ -76,22 +74,6 @@ def training_config(
   return train_config
 
 
-def read_metrics(workdir: str) -> dict[int, float]:
-  """{step: loss} of every step in ``<workdir>/metrics.jsonl``: the whole run, resumed parts included."""
-  path = os.path.join(workdir, TRAIN_METRICS)
-  losses = {}
-  if os.path.exists(path):
-    with open(path, encoding='utf-8') as f:
-      for number, line in enumerate(f, 1):
-        if line.strip():
-          try:
-            record = json.loads(line)
-          except json.JSONDecodeError:
-            raise InputError('not a JSON line', path=path, line=number) from None
-          losses[int(record['step'])] = float(record['loss'])
-  return losses
-
-
 def train(train_config: Any, workdir: str, stage: str) -> dict:
   """Trains (resuming from the workdir's checkpoints); the loss record covers every step of the run.
 
@@ -99,7 +81,7 @@ def train(train_config: Any, workdir: str, stage: str) -> dict:
   resumed after a kill reports the same as one that was not (issue 14, defect 2).
   """
   result = with_messages(loop.train, stage, train_config, workdir)
-  losses = read_metrics(workdir)
+  losses = loop.loss_history(workdir)
   steps = sorted(losses)
   figure = None
   if steps:
