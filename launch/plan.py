@@ -25,6 +25,7 @@ import os
 from absl import app, flags
 
 from perax.core import cli
+from perax.models import layer_stack
 
 _CONFIG = flags.DEFINE_string(
   'config', None, 'HF config.json of the model; default: Qwen2-Audio-7B-Instruct.'
@@ -42,6 +43,12 @@ _LORA_RANK = flags.DEFINE_integer('lora_rank', 16, 'LoRA rank (scope lora).')
 _MICROBATCHES = flags.DEFINE_integer('num_microbatches', 1, 'Gradient-accumulation steps per train step.')
 _PROGRAMS = flags.DEFINE_list(
   'programs', ['encode', 'prefill', 'decode_step', 'train_step'], 'Programs to compile.'
+)
+_SCAN_LAYERS = flags.DEFINE_bool(
+  'scan_layers', None, "Run the layer stacks as a scan (one compiled layer); default: the config's (true)."
+)
+_REMAT = flags.DEFINE_enum(
+  'remat_policy', None, list(layer_stack.REMAT_POLICIES), "Layers' remat policy; default: the config's."
 )
 _DEVICE_GIB = flags.DEFINE_float('device_memory_gib', 0.0, 'Memory per device; > 0 prints fit verdicts.')
 _MEASURE = flags.DEFINE_bool(
@@ -92,6 +99,8 @@ def main(argv):
     scope=_SCOPE.value,
     lora_rank=_LORA_RANK.value,
     num_microbatches=_MICROBATCHES.value,
+    scan_layers=_SCAN_LAYERS.value,
+    remat_policy=_REMAT.value,
   )
   report = plan_report.run(
     _CONFIG.value or plan_lib.QWEN2_AUDIO_7B,

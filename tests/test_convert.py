@@ -47,7 +47,16 @@ def rewrite(source, target, tensors, config_update=None) -> pathlib.Path:
 
 
 def parameters(model) -> dict[str, np.ndarray]:
-  return {name: np.asarray(variable[...]) for name, variable in convert.flat_variables(nnx.state(model))}
+  """Per-layer arrays keyed by the name table's perax paths: a stacked parameter (leading 'layers'
+  axis) is split into its layers."""
+  out = {}
+  for name, variable in convert.flat_variables(nnx.state(model)):
+    value = np.asarray(variable[...])
+    if tuple(variable.get_metadata().get('logical_axes') or ())[:1] == ('layers',):
+      out.update({convert.layer_path(name, index): layer for index, layer in enumerate(value)})
+    else:
+      out[name] = value
+  return out
 
 
 @pytest.fixture(scope='module')
@@ -248,8 +257,10 @@ def test_sharded_loading_places_parameters_by_logical_axes(hf_dir, reference, tm
   for directory in (hf_dir, converted):
     model, _config, _ = loading.load_model(directory, mesh=mesh, with_processor=False)
     state = nnx.state(model)
-    q_kernel = state['language_model']['layers'][0]['self_attn']['q_proj']['kernel'][...]
-    assert q_kernel.sharding.spec == PartitionSpec('fsdp', 'tensor', None)
+    q_kernel = state['language_model']['layers']['self_attn']['q_proj']['kernel'][...]
+    assert q_kernel.sharding.spec == PartitionSpec(
+      None, 'fsdp', 'tensor', None
+    )  # [layers, embed, heads, dim]
     embedding = state['language_model']['embed_tokens']['embedding'][...]
     assert embedding.sharding.spec == PartitionSpec('tensor', 'fsdp')
     for name, value in parameters(model).items():
@@ -287,4 +298,4 @@ def test_launcher_converts(hf_dir, tmp_path):
   assert result.returncode == 0, result.stderr
   assert json.loads((out / 'perax.json').read_text())['dtype'] == 'bfloat16'
   assert not (out / 'old.txt').exists()
-  assert 'convert:' in result.stderr and 'tensors/s' in result.stderr
+  assert 'convert:' in result.stderr and 'parameters/s' in result.stderr

@@ -72,7 +72,9 @@ def test_corrupt_orbax_state_is_one_input_error_naming_the_directory(converted, 
   with pytest.raises(InputError, match='corrupt or unreadable converted checkpoint'):
     loading.load_model(broken, with_processor=False)
   (broken / store.PERAX_JSON).write_text('{"format": "perax-qwen2-audio", "format_version": 1}')
-  with pytest.raises(InputError, match='format_version 1, but this perax reads version 2'):
+  with pytest.raises(
+    InputError, match=f'format_version 1, but this perax reads version {store.FORMAT_VERSION}'
+  ):
     loading.load_model(broken, with_processor=False)
 
 

@@ -320,8 +320,8 @@ def test_fused_attention_matches_einsum(base_case):
   case = base_case
   fused, config, _ = loading.load_model(case.path, attention_impl='xla', with_processor=False)
   assert config.attention_impl == 'xla' and case.config.attention_impl == 'einsum'
-  assert fused.language_model.layers[0].self_attn.attention_impl == 'xla'
-  assert fused.audio_tower.layers[0].self_attn.attention_impl == 'xla'
+  assert fused.language_model.layers.self_attn.attention_impl == 'xla'
+  assert fused.audio_tower.layers.self_attn.attention_impl == 'xla'
   clips = [synthetic_clip(0.6, seed=8), synthetic_clip(1.9, seed=9)]
   batch = hf_inputs(case.processor, clips, padding_side='left')
   features, lengths = features_lib.batch_features(clips, bucket_seconds=4)

@@ -312,3 +312,24 @@ def test_gpu_check_sections_run_apart_with_timeouts(tmp_path):
   assert result['sections']['peak']['status'] == 'ok', result
   assert result['sections']['peak']['figures']['matmul_flops_per_s'] > 0
   assert 'peak: ok' in stdout
+
+
+def test_scanned_programs_report_the_flops_of_every_layer():
+  """XLA counts a scanned stack's body once; plan_programs' FLOPs equal the unrolled program's."""
+  deep = Qwen2AudioConfig.from_hf_dict(
+    {
+      **TINY_HF_CONFIG,
+      'audio_config': {**TINY_HF_CONFIG['audio_config'], 'encoder_layers': 3},
+      'text_config': {**TINY_HF_CONFIG['text_config'], 'num_hidden_layers': 4},
+    }
+  )
+  assert deep.scan_layers
+  settings = plan.PlanSettings(batch_size=2, clip_seconds=2.0, votes_per_clip=2, new_tokens=2)
+  mesh = plan.make_mesh((1, 1, 1))
+  scanned = plan.plan_programs(deep, settings, mesh, ('prefill',))['prefill'].flops
+  unrolled_config = plan.PlanSettings(scan_layers=False).model_config(deep)
+  unrolled = plan.plan_programs(unrolled_config, settings, mesh, ('prefill',))['prefill'].flops
+  # The raw cost analysis of the scanned program misses layers; the planner's figure does not.
+  raw = plan.inference_programs(deep, settings, mesh, names=('prefill',))['prefill'].flops
+  assert raw < 0.8 * unrolled
+  np.testing.assert_allclose(scanned, unrolled, rtol=0.02)

@@ -181,9 +181,13 @@ def test_sharded_weights_give_the_single_device_votes(tiny):
   """Weights split by the logical-axis rules over data x fsdp x tensor = 2 x 2 x 2 virtual devices."""
   mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2, devices=jax.devices()[:8])
   sharded = sampler_lib.Sampler(tiny.model, tiny.tokenizer, batch_size=4, mesh=mesh)
-  kernel = sharded._state['language_model']['layers'][0]['mlp']['gate_proj']['kernel'][...]
-  assert kernel.sharding.spec == PartitionSpec('fsdp', 'tensor')  # [embed, mlp], not replicated
-  assert kernel.addressable_shards[0].data.shape == (kernel.shape[0] // 2, kernel.shape[1] // 2)
+  kernel = sharded._state['language_model']['layers']['mlp']['gate_proj']['kernel'][...]
+  assert kernel.sharding.spec == PartitionSpec(None, 'fsdp', 'tensor')  # [layers, embed, mlp]
+  assert kernel.addressable_shards[0].data.shape == (
+    kernel.shape[0],
+    kernel.shape[1] // 2,
+    kernel.shape[2] // 2,
+  )
   config = _sampling(tiny)
   rows = [0, 1, 2, 3]
   audio, prompt_ids, utt_ids = tiny.encode(rows)

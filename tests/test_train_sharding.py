@@ -134,17 +134,17 @@ def test_parameters_are_sharded_as_the_rules_say(full):
     value = variable[...]
     axes = variable.get_metadata()['logical_axes']
     assert value.sharding.spec == model_sharding.partition_spec(axes, value.shape, mesh), path
-  layer = placed['backbone']['language_model']['layers'][0]
-  # Independent of the rules' code: q_proj [embed 32, heads 4, head_dim 8] splits embed over fsdp
-  # and heads over tensor, so each device holds a [16, 2, 8] block.
+  layer = placed['backbone']['language_model']['layers']
+  # Independent of the rules' code: q_proj [layers 1, embed 32, heads 4, head_dim 8] keeps the layer
+  # axis whole, splits embed over fsdp and heads over tensor, so each device holds a [1, 16, 2, 8] block.
   q_kernel = layer['self_attn']['q_proj']['kernel'][...]
-  assert q_kernel.sharding.spec == P('fsdp', 'tensor', None)
-  assert {s.data.shape for s in q_kernel.addressable_shards} == {(16, 2, 8)}
+  assert q_kernel.sharding.spec == P(None, 'fsdp', 'tensor', None)
+  assert {s.data.shape for s in q_kernel.addressable_shards} == {(1, 16, 2, 8)}
   embedding = placed['backbone']['language_model']['embed_tokens']['embedding'][...]
   assert embedding.sharding.spec == P('tensor', 'fsdp')
   assert {s.data.shape for s in embedding.addressable_shards} == {(embedding.shape[0] // 2, 16)}
   norm = layer['input_layernorm']['scale'][...]
-  assert norm.sharding.spec == P(None)
+  assert norm.sharding.spec == P(None, None)
 
 
 def test_batch_is_split_over_data_and_fsdp(batch):
@@ -202,9 +202,9 @@ def test_accumulated_step_on_2x4_matches_the_one_device_gradients(full, batch, o
 def test_lora_starts_at_the_base_model_and_trains_only_adapters_and_head(checkpoint, batch):
   graphdef, params, frozen, adapted = build(checkpoint, 'lora', head='mlp')
   assert adapted == [
-    'audio_tower/layers/0/self_attn/v_proj',
-    'language_model/layers/0/self_attn/q_proj',
-    'language_model/layers/0/self_attn/v_proj',
+    'audio_tower/layers/self_attn/v_proj',
+    'language_model/layers/self_attn/q_proj',
+    'language_model/layers/self_attn/v_proj',
   ]
   trainable = {'/'.join(map(str, p)) for p, _ in nnx.to_flat_state(params)}
   assert all(p.startswith('head/') or p.endswith(('lora_a', 'lora_b')) for p in trainable)

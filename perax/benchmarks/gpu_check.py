@@ -123,10 +123,7 @@ def _program(settings: CheckSettings, name: str, batch_size: int | None = None) 
 
   config, plan_settings = settings.model_config(), settings.plan_settings(batch_size)
   mesh = plan.make_mesh((1, 1, 1))
-  if name == 'train_step':
-    program = plan.train_program(config, plan_settings, mesh)
-  else:
-    program = plan.inference_programs(config, plan_settings, mesh, names=(name,))[name]
+  program = plan.plan_programs(config, plan_settings, mesh, (name,))[name]
   seconds = plan.measure(program, repeats=settings.repeats)
   figures = program.to_json()
   figures['seconds'] = seconds

@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding
 
 from perax.configs import config_path
 from perax.data import features
@@ -81,6 +81,8 @@ class PlanSettings:
     lora_targets, lora_rank: the adapters, with scope 'lora'.
     head: 'linear' or 'mlp' head; num_classes: its outputs.
     num_microbatches: gradient-accumulation steps per training step.
+    scan_layers: run the layer stacks as a scan (perax.models.layer_stack); None keeps the config's.
+    remat_policy: the layers' remat policy; None keeps the config's.
   """
 
   mesh: tuple[int, int, int] = (1, 1, 1)
@@ -98,6 +100,13 @@ class PlanSettings:
   head: str = 'mlp'
   num_classes: int = 4
   num_microbatches: int = 1
+  scan_layers: bool | None = None
+  remat_policy: str | None = None
+
+  def model_config(self, config: Qwen2AudioConfig) -> Qwen2AudioConfig:
+    """``config`` with this plan's layer-stack overrides."""
+    overrides = dict(scan_layers=self.scan_layers, remat_policy=self.remat_policy)
+    return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +142,8 @@ class ProgramPlan:
   """XLA's figures for one compiled program, per device (bytes, FLOPs, seconds).
 
   ``flops`` and ``bytes_accessed`` come from ``cost_analysis()`` of the partitioned program (one
-  device's share); None where the backend does not report them.
+  device's share); None where the backend does not report them. XLA counts a loop body once:
+  :func:`plan_programs` corrects ``flops`` for scanned layer stacks; ``bytes_accessed`` stays XLA's.
   """
 
   name: str
@@ -247,31 +257,6 @@ def abstract_backbone(config: Qwen2AudioConfig, compute_dtype: str, param_dtype:
   )
 
 
-def _cache_shardings(cache: kv_cache.KVCache, mesh: Mesh) -> kv_cache.KVCache:
-  """NamedShardings for an abstract cache (plain or shared-prefix), by the rules of
-  perax.raters.decoding.constrain_cache: batch over (data, fsdp), key/value heads over tensor."""
-
-  def kv(x):
-    return NamedSharding(mesh, sharding.partition_spec(kv_cache.KV_AXES, x.shape, mesh))
-
-  def mask(x):
-    return NamedSharding(mesh, sharding.partition_spec(kv_cache.MASK_AXES, x.shape, mesh))
-
-  def layer(entry):
-    if isinstance(entry, kv_cache.SharedPrefixLayer):
-      return entry.replace(
-        prefix=kv(entry.prefix), prefix_mask=mask(entry.prefix_mask), suffix=kv(entry.suffix)
-      )
-    return kv(entry)
-
-  return cache.replace(
-    keys=tuple(map(layer, cache.keys)),
-    values=tuple(map(layer, cache.values)),
-    mask=mask(cache.mask),
-    index=NamedSharding(mesh, PartitionSpec()),
-  )
-
-
 def decode_cache_shape(config: Qwen2AudioConfig, settings: PlanSettings, dtype) -> kv_cache.KVCache:
   """The abstract shared-prefix cache of perax.raters.decoding.sample_votes: one prompt cache per
   clip (the prompt bucket's slots) and ``new_tokens - 1`` suffix slots for each of its K votes."""
@@ -320,7 +305,7 @@ def inference_programs(
     )
 
   if 'prefill' in names:
-    prefill_cache = _cache_shardings(
+    prefill_cache = kv_cache.cache_shardings(
       jax.eval_shape(lambda: kv_cache.init_cache(config, batch, length, dtype)), mesh
     )
 
@@ -342,7 +327,7 @@ def inference_programs(
   if 'decode_step' in names:
     rows = batch * votes
     cache_shape = decode_cache_shape(config, settings, dtype)
-    decode_cache = _cache_shardings(cache_shape, mesh)
+    decode_cache = kv_cache.cache_shardings(cache_shape, mesh)
 
     @activation_sharding.traced_in(mesh)
     def decode_step(state, tokens, positions, cache):
@@ -403,6 +388,55 @@ def train_program(config: Qwen2AudioConfig, settings: PlanSettings, mesh: Mesh) 
     'example_mask': jax.ShapeDtypeStruct((rows,), jnp.bool_),
   }
   return compile_program('train_step', compiler.jitted, _with_shardings(state, shardings), batch)
+
+
+def plan_programs(
+  config: Qwen2AudioConfig, settings: PlanSettings, mesh: Mesh, names: Sequence[str]
+) -> dict[str, ProgramPlan]:
+  """Compiles the named programs ('encode', 'prefill', 'decode_step', 'train_step'); their FLOPs count
+  every layer also when the stacks are scanned (:func:`layer_exact_flops`)."""
+  plans = {}
+  inference = [name for name in names if name != 'train_step']
+  if inference:
+    plans.update(inference_programs(config, settings, mesh, names=inference))
+  if 'train_step' in names:
+    plans['train_step'] = train_program(config, settings, mesh)
+  if config.scan_layers:
+    for name, program in plans.items():
+      program.flops = layer_exact_flops(config, settings, mesh, name)
+  return {name: plans[name] for name in names}
+
+
+def layer_exact_flops(
+  config: Qwen2AudioConfig, settings: PlanSettings, mesh: Mesh, name: str
+) -> float | None:
+  """XLA's FLOPs of program ``name`` with every layer counted, per device.
+
+  XLA's cost analysis counts a while loop's body once, so a scanned stack's N layers count as one.
+  A program's FLOPs are linear in each stack's depth, so three compiles of the unrolled program at
+  (encoder, decoder) depths (1, 1), (2, 1) and (1, 2) give them exactly:
+  ``f(E, D) = f11 + (E - 1) (f21 - f11) + (D - 1) (f12 - f11)``. None where XLA gives no FLOPs.
+  """
+
+  def flops(encoder_layers: int, decoder_layers: int) -> float | None:
+    shallow = dataclasses.replace(
+      config,
+      scan_layers=False,
+      audio=dataclasses.replace(config.audio, encoder_layers=encoder_layers),
+      text=dataclasses.replace(config.text, num_hidden_layers=decoder_layers),
+    )
+    if name == 'train_step':
+      return train_program(shallow, settings, mesh).flops
+    return inference_programs(shallow, settings, mesh, names=(name,))[name].flops
+
+  base, deeper_encoder, deeper_decoder = flops(1, 1), flops(2, 1), flops(1, 2)
+  if None in (base, deeper_encoder, deeper_decoder):
+    return None
+  return (
+    base
+    + (config.audio.encoder_layers - 1) * (deeper_encoder - base)
+    + (config.text.num_hidden_layers - 1) * (deeper_decoder - base)
+  )
 
 
 def cache_bytes(

@@ -39,7 +39,7 @@ def run(
   out: str | None = None,
 ) -> dict:
   """Plans ``settings`` for the model of ``config_path`` and returns (and optionally writes) the report."""
-  config = plan_lib.load_config(config_path)
+  config = settings.model_config(plan_lib.load_config(config_path))
   mesh = plan_lib.make_mesh(settings.mesh)
   shapes = plan_lib.Shapes.for_settings(settings)
   parameters = plan_lib.count_parameters(config)
@@ -51,14 +51,10 @@ def run(
     f'{shapes.audio_tokens} audio tokens, prompt bucket {shapes.prompt_length} tokens (train '
     f'{shapes.train_length}); batch {settings.batch_size} clips x {settings.votes_per_clip} votes x '
     f'{settings.new_tokens} new tokens; {settings.compute_dtype} compute, {settings.param_dtype} '
-    f'weights; train scope {settings.scope}',
+    f'weights; train scope {settings.scope}; layers '
+    f'{"scanned" if config.scan_layers else "unrolled"}, remat {config.remat_policy}',
   ]
-  plans: dict[str, plan_lib.ProgramPlan] = {}
-  inference = [p for p in programs if p in ('encode', 'prefill', 'decode_step')]
-  if inference:
-    plans.update(plan_lib.inference_programs(config, settings, mesh, names=inference))
-  if 'train_step' in programs:
-    plans['train_step'] = plan_lib.train_program(config, settings, mesh)
+  plans = plan_lib.plan_programs(config, settings, mesh, programs)
   for name in programs:
     lines.append(plans[name].line())
     log.info(plans[name].line(), stage='plan')

@@ -10,10 +10,11 @@ excluded), timed from waveforms to K token sequences per clip:
   decoded rows reading ONE copy of the clip's prompt cache plus a small suffix each.
 
 Also timed: perax's exact score mode (all labels' probabilities per clip) relative to sampling one
-vote per clip. Also printed:
+vote per clip, and the same weights with the layer stacks unrolled instead of scanned
+(perax.models.layer_stack). Also printed:
 
-- FLOPs of one batch (encode + vote program) from XLA's cost analysis (the decode loop's body is
-  counted once, so this is a lower bound) and the achieved fraction of a float32 matmul peak measured
+- FLOPs of one batch (encode + vote program) from XLA's cost analysis of the unrolled programs
+  (the decode loop's body is still counted once, so this is a lower bound) and the achieved fraction of a float32 matmul peak measured
   on the same machine in the same run;
 - KV-cache bytes per vote at Qwen2-Audio-7B shapes (bf16, 30 s clips, K votes, new tokens as set):
   the shared-prefix layout against one repeated prompt copy per vote (the layout before issue 13);
@@ -155,6 +156,8 @@ def run() -> dict:
       checkpoint, dtype=torch.float32
     ).eval()
     model, _, _ = loading.load_model(checkpoint, with_processor=False)
+    # The same weights with the layer stacks unrolled (the default scans them): a baseline in this run.
+    unrolled_model, _, _ = loading.load_model(checkpoint, scan_layers=False, with_processor=False)
 
   rng = np.random.default_rng(_SEED.value)
   clips = [
@@ -186,19 +189,20 @@ def run() -> dict:
       )
 
   sampler = sampler_lib.Sampler(model, processor.tokenizer, batch_size=batch)
+  unrolled_sampler = sampler_lib.Sampler(unrolled_model, processor.tokenizer, batch_size=batch)
   encoder = prompts.PromptEncoder(processor)
   bucket = features.bucket_for(max(len(c) for c in clips))
   label_tokens = sampler_lib.LabelTokens.build(processor.tokenizer, LABELS)
   seeds = iter(range(_SEED.value, _SEED.value + 1_000_000))
 
-  def encoded_batch():
-    encoded = sampler.encode(*features.batch_features(clips, bucket))
+  def encoded_batch(on=sampler):
+    encoded = on.encode(*features.batch_features(clips, bucket))
     return encoded, [encoder.ids(text, int(n)) for n in encoded.num_tokens]
 
-  def perax_votes(k):
-    config = sampler.config(votes_per_clip=k, max_new_tokens=new_tokens, temperature=1.0, eos_ids=eos)
-    encoded, prompt_ids = encoded_batch()
-    return sampler.sample(
+  def perax_votes(k, on=sampler):
+    config = on.config(votes_per_clip=k, max_new_tokens=new_tokens, temperature=1.0, eos_ids=eos)
+    encoded, prompt_ids = encoded_batch(on)
+    return on.sample(
       encoded,
       prompt_ids,
       config,
@@ -211,7 +215,10 @@ def run() -> dict:
     encoded, prompt_ids = encoded_batch()
     return sampler.score(encoded, prompt_ids, label_tokens)
 
-  for warm_up in (lambda: perax_votes(votes), lambda: perax_votes(1), perax_scores):
+  def unrolled_votes():
+    return perax_votes(votes, on=unrolled_sampler)
+
+  for warm_up in (lambda: perax_votes(votes), lambda: perax_votes(1), perax_scores, unrolled_votes):
     warm_up()
   sample_config = sampler.config(
     votes_per_clip=votes, max_new_tokens=new_tokens, temperature=1.0, eos_ids=eos
@@ -220,18 +227,30 @@ def run() -> dict:
   prompt_length = decoding.prompt_bucket(
     max(len(encoder.ids(text, int(n))) for n in prompts.num_audio_tokens(lengths))
   )
-  encode_flops = _flops(jax.jit(model.encode_audio).lower(feats, lengths).compile())
+  # FLOPs from the unrolled programs: XLA's cost analysis counts a scanned stack's body once.
+  encode_flops = _flops(jax.jit(unrolled_model.encode_audio).lower(feats, lengths).compile())
   sample_flops = _flops(
     sampler_lib.lower_sample_votes(
-      model, sample_config, batch_size=batch, prompt_length=prompt_length, feature_frames=feats.shape[-1]
+      unrolled_model,
+      sample_config,
+      batch_size=batch,
+      prompt_length=prompt_length,
+      feature_frames=feats.shape[-1],
     ).compile()
   )
   compiles_warm = sampler_lib.compile_count()
   perax_times = _best_seconds(
-    {'votes': lambda: perax_votes(votes), 'one_vote': lambda: perax_votes(1), 'score': perax_scores},
+    {
+      'votes': lambda: perax_votes(votes),
+      'one_vote': lambda: perax_votes(1),
+      'score': perax_scores,
+      'unrolled': unrolled_votes,
+    },
     _REPEATS.value,
   )
-  perax_s, one_vote_s, score_s = (perax_times[k] for k in ('votes', 'one_vote', 'score'))
+  perax_s, one_vote_s, score_s, unrolled_s = (
+    perax_times[k] for k in ('votes', 'one_vote', 'score', 'unrolled')
+  )
   compiles_after = sampler_lib.compile_count() - compiles_warm
 
   hf_votes(1)  # torch's first call (allocations, kernel selection)
@@ -266,6 +285,10 @@ def run() -> dict:
     f'hf:    {hf_s:.3f} s per batch of {batch * votes} votes (30 s features, K encodes and prefills per clip)'
   )
   print(
+    f'layer stacks scanned: {perax_s:.3f} s per batch; unrolled (same weights): {unrolled_s:.3f} s '
+    f'(scanned / unrolled time {perax_s / unrolled_s:.2f})'
+  )
+  print(
     f'score mode: {score_s:.3f} s per batch ({len(LABELS)} labels) = '
     f'{score_s / one_vote_s:.2f} x sampling one vote per clip ({one_vote_s:.3f} s), '
     f'{score_s / perax_s:.2f} x sampling K={votes}'
@@ -276,6 +299,7 @@ def run() -> dict:
     'ratio': perax_rate / hf_rate,
     'compiles_after_warmup': compiles_after,
     'score_over_one_vote': score_s / one_vote_s,
+    'scanned_over_unrolled_time': perax_s / unrolled_s,
     'flops_per_batch': batch_flops,
     'fraction_of_matmul_peak': batch_flops / perax_s / peak,
     'cache_bytes_per_vote_7b': per_vote,

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from perax.data import features
-from perax.models import activation_sharding
+from perax.models import activation_sharding, layer_stack
 from perax.models.config import AUDIO_LAYER_NORM_EPS, AudioEncoderConfig
 from perax.models.layers import Conv1d, FrozenWeight, LayerNorm, Linear, dot_product_attention, sinusoids
 
@@ -129,6 +129,8 @@ class Qwen2AudioEncoder(nnx.Module):
   Attributes:
     embed_positions: :class:`FrozenWeight` ``[max_source_positions, d_model]``, loaded from the
       checkpoint (initialised to Whisper's sinusoids).
+    layers: one :class:`Qwen2AudioEncoderLayer` whose variables are stacked over the
+      ``encoder_layers`` layers (perax.models.layer_stack), run as a scan or unrolled.
   """
 
   def __init__(
@@ -136,12 +138,16 @@ class Qwen2AudioEncoder(nnx.Module):
     config: AudioEncoderConfig,
     *,
     attention_impl: str = 'einsum',
+    scan_layers: bool = True,
+    remat_policy: str = 'none',
     dtype=jnp.float32,
     param_dtype=jnp.float32,
     rngs: nnx.Rngs,
   ):
     self.config = config
     self.dtype = dtype
+    self.scan_layers = scan_layers
+    self.remat_policy = remat_policy
     common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.conv1 = Conv1d(
       config.num_mel_bins,
@@ -167,11 +173,12 @@ class Qwen2AudioEncoder(nnx.Module):
       jnp.asarray(sinusoids(config.max_source_positions, config.d_model), param_dtype),
       logical_axes=('audio_positions', 'audio_embed'),
     )
-    self.layers = nnx.List(
-      [
-        Qwen2AudioEncoderLayer(config, attention_impl=attention_impl, **common)
-        for _ in range(config.encoder_layers)
-      ]
+    self.layers = layer_stack.stack_layers(
+      lambda layer_rngs: Qwen2AudioEncoderLayer(
+        config, attention_impl=attention_impl, dtype=dtype, param_dtype=param_dtype, rngs=layer_rngs
+      ),
+      config.encoder_layers,
+      rngs,
     )
     self.layer_norm = LayerNorm(
       config.d_model, eps=AUDIO_LAYER_NORM_EPS, axis_name='norm', dtype=dtype, param_dtype=param_dtype
@@ -202,8 +209,11 @@ class Qwen2AudioEncoder(nnx.Module):
     x = jax.nn.gelu(self.conv2(x), approximate=False)
     x = x + self.embed_positions[:conv_frames].astype(self.dtype)
     key_valid = jnp.arange(conv_frames)[None, :] < conv_output_lengths(feature_lengths)[:, None]
-    for layer in self.layers:
-      x = layer(activation_sharding.constrain(x), key_valid)
+
+    def step(layer: Qwen2AudioEncoderLayer, x: jax.Array, _):
+      return layer(activation_sharding.constrain(x), key_valid), None
+
+    x, _ = layer_stack.run_layers(self.layers, step, x, scan=self.scan_layers, remat_policy=self.remat_policy)
     tokens = conv_frames // 2
     pooled = x[:, : 2 * tokens].reshape(x.shape[0], tokens, 2, x.shape[-1]).mean(axis=2)
     hidden = self.layer_norm(pooled)

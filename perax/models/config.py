@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from perax.core.errors import InputError
+from perax.models.layer_stack import REMAT_POLICIES
 
 MODEL_TYPE = 'qwen2_audio'
 # The model class perax builds; a config.json whose ``architectures`` names another one is refused.
@@ -24,6 +25,9 @@ ARCHITECTURE = 'Qwen2AudioForConditionalGeneration'
 ATTENTION_IMPLS = ('einsum', 'xla', 'cudnn')
 # config.json key perax reads the attention implementation from (not an HF key).
 ATTENTION_IMPL_KEY = 'perax_attention_impl'
+# config.json keys of the layer stacks' execution (perax.models.layer_stack; not HF keys).
+SCAN_LAYERS_KEY = 'perax_scan_layers'
+REMAT_POLICY_KEY = 'perax_remat_policy'
 # torch.nn.LayerNorm's default epsilon, which HF's Whisper-style audio encoder uses everywhere.
 AUDIO_LAYER_NORM_EPS = 1e-5
 
@@ -111,6 +115,12 @@ class Qwen2AudioConfig:
     attention_impl: one of :data:`ATTENTION_IMPLS`, used by every attention layer (encoder and
       decoder). Read from config.json's ``perax_attention_impl`` when present; callers override it
       with ``dataclasses.replace`` or perax.models.loading.load_model(attention_impl=...).
+    scan_layers: run both layer stacks as a ``jax.lax.scan`` (one compiled layer) rather than
+      unrolled (perax.models.layer_stack). The parameters are stacked either way.
+    remat_policy: what each layer keeps for the backward pass, one of
+      perax.models.layer_stack.REMAT_POLICIES. Both are read from config.json's
+      ``perax_scan_layers`` / ``perax_remat_policy`` when present and overridden like
+      ``attention_impl``.
   """
 
   audio: AudioEncoderConfig
@@ -118,10 +128,16 @@ class Qwen2AudioConfig:
   audio_token_id: int = 151646
   tie_word_embeddings: bool = False
   attention_impl: str = 'einsum'
+  scan_layers: bool = True
+  remat_policy: str = 'none'
 
   def __post_init__(self):
     if self.attention_impl not in ATTENTION_IMPLS:
       raise InputError(f'attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}')
+    if not isinstance(self.scan_layers, bool):
+      raise InputError(f'scan_layers must be true or false, got {self.scan_layers!r}')
+    if self.remat_policy not in REMAT_POLICIES:
+      raise InputError(f'remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}')
 
   @classmethod
   def from_hf_dict(cls, config: Mapping[str, Any], path: os.PathLike | str | None = None) -> Qwen2AudioConfig:
@@ -199,10 +215,18 @@ class Qwen2AudioConfig:
     attention_impl = config.get(ATTENTION_IMPL_KEY, cls.attention_impl)
     if attention_impl not in ATTENTION_IMPLS:
       raise fail(f'{ATTENTION_IMPL_KEY} must be one of {ATTENTION_IMPLS}, got {attention_impl!r}')
+    scan_layers = config.get(SCAN_LAYERS_KEY, cls.scan_layers)
+    if not isinstance(scan_layers, bool):
+      raise fail(f'{SCAN_LAYERS_KEY} must be true or false, got {scan_layers!r}')
+    remat_policy = config.get(REMAT_POLICY_KEY, cls.remat_policy)
+    if remat_policy not in REMAT_POLICIES:
+      raise fail(f'{REMAT_POLICY_KEY} must be one of {REMAT_POLICIES}, got {remat_policy!r}')
     return cls(
       audio=audio,
       text=text,
       audio_token_id=int(audio_token_id),
       tie_word_embeddings=bool(tie),
       attention_impl=attention_impl,
+      scan_layers=scan_layers,
+      remat_policy=remat_policy,
     )

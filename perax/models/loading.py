@@ -54,6 +54,8 @@ def load_model(
   rules: sharding_lib.Rules = sharding_lib.LOGICAL_AXIS_RULES,
   shardings: Shardings | None = None,
   attention_impl: str | None = None,
+  scan_layers: bool | None = None,
+  remat_policy: str | None = None,
   with_processor: bool = True,
 ) -> tuple[Qwen2AudioForConditionalGeneration, Qwen2AudioConfig, Any]:
   """Builds the model with its weights, each placed in its target sharding as it is read.
@@ -69,6 +71,10 @@ def load_model(
       embeddings there is no lm_head, and an entry for it is ignored.
     attention_impl: overrides the config's attention implementation
       (perax.models.config.ATTENTION_IMPLS); None keeps config.json's (default 'einsum').
+    scan_layers: overrides whether the layer stacks run as a scan (perax.models.layer_stack);
+      None keeps config.json's (default true). The weights are the same either way.
+    remat_policy: overrides the layers' remat policy (perax.models.layer_stack.REMAT_POLICIES);
+      None keeps config.json's (default 'none').
     with_processor: also load the processor (else None is returned in its place).
 
   Returns:
@@ -88,8 +94,8 @@ def load_model(
   param_dtype = jnp.dtype(dtype if param_dtype is None else param_dtype)
   store.check_not_unfinished(path)
   _, config = convert.read_hf_config(path)
-  if attention_impl is not None:
-    config = dataclasses.replace(config, attention_impl=attention_impl)
+  overrides = dict(attention_impl=attention_impl, scan_layers=scan_layers, remat_policy=remat_policy)
+  config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
   tokenizer_files.check_audio_token(path, config)
   shardings_of = _shardings(config, mesh, rules) if shardings is None else _given(shardings)
   if store.is_converted(path):

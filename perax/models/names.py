@@ -6,6 +6,11 @@ Names go through one table, :data:`RULES`: an HF name pattern, the perax paramet
 becomes ``[width, in, out]``). Checkpoints name tensors in one of two layouts; the older one (the
 released Qwen2-Audio checkpoints, and what transformers 5 ``save_pretrained`` writes) is first
 rewritten to the newer one (transformers 5's module tree) by :data:`LEGACY_PREFIXES`.
+
+The table's perax paths name one layer (``language_model.layers.{i}.mlp.up_proj.kernel``); the
+model stacks each tower's layers into one parameter with a leading layer axis
+(perax.models.layer_stack), and :func:`stacked_slot` maps such a path to (stacked parameter path,
+layer index).
 """
 
 from __future__ import annotations
@@ -126,6 +131,9 @@ RULES = (
 EMBED_TOKENS = _TEXT + 'embed_tokens.weight'
 LM_HEAD = 'lm_head.weight'
 
+# A per-layer perax path: tower, layer index, the parameter inside the layer.
+_LAYER_PATH = re.compile(r'(?P<tower>audio_tower|language_model)\.layers\.(?P<index>[0-9]+)\.(?P<rest>.+)\Z')
+
 _PLACEHOLDER = re.compile(r'\{(\w+)(?::([^}]*))?\}')
 
 
@@ -204,3 +212,23 @@ def hf_name(path: str) -> str:
 def hf_shape(path: str, shape: tuple[int, ...]) -> tuple[int, ...]:
   """The HF tensor shape that becomes perax parameter ``path`` of ``shape``."""
   return _rule_producing(path)[0].transform.hf_shape(shape)
+
+
+def stacked_slot(path: str) -> tuple[str, int | None]:
+  """(stacked parameter path, layer index) of a per-layer perax path; (path, None) for the others.
+
+  ``'language_model.layers.3.mlp.up_proj.kernel'`` -> ``('language_model.layers.mlp.up_proj.kernel',
+  3)``: slice 3 of the stacked parameter.
+  """
+  match = _LAYER_PATH.match(path)
+  if match is None:
+    return path, None
+  return f'{match["tower"]}.layers.{match["rest"]}', int(match['index'])
+
+
+def layer_path(stacked_path: str, index: int) -> str:
+  """Inverse of :func:`stacked_slot`: the per-layer path of slice ``index`` of a stacked parameter."""
+  tower, layers, rest = stacked_path.split('.', 2)
+  if layers != 'layers':
+    raise ValueError(f'{stacked_path!r} is not a stacked layer parameter')
+  return f'{tower}.layers.{index}.{rest}'

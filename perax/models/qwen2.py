@@ -11,13 +11,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from perax.models import activation_sharding
+from perax.models import activation_sharding, layer_stack
 from perax.models.cache import SharedPrefixLayer
 from perax.models.config import TextConfig
 from perax.models.layers import Embed, Linear, RMSNorm, apply_rope, dot_product_attention
 
 # One layer's cache entry: keys and values, each [B, max_len, KV, D] (or, for rows continuing a
-# shared prompt, each a perax.models.cache.SharedPrefixLayer).
+# shared prompt, each a perax.models.cache.SharedPrefixLayer holding that layer's slices).
 LayerCache = tuple[jax.Array, jax.Array] | tuple[SharedPrefixLayer, SharedPrefixLayer]
 
 
@@ -241,33 +241,41 @@ class Qwen2DecoderLayer(nnx.Module):
 
 
 class Qwen2Model(nnx.Module):
-  """Token embeddings, decoder layers and the final RMSNorm (no output projection)."""
+  """Token embeddings, decoder layers and the final RMSNorm (no output projection).
+
+  Attributes:
+    layers: one :class:`Qwen2DecoderLayer` whose variables are stacked over the
+      ``num_hidden_layers`` layers (perax.models.layer_stack), run as a scan or unrolled.
+  """
 
   def __init__(
     self,
     config: TextConfig,
     *,
     attention_impl: str = 'einsum',
+    scan_layers: bool = True,
+    remat_policy: str = 'none',
     dtype=jnp.float32,
     param_dtype=jnp.float32,
     rngs: nnx.Rngs,
   ):
-    common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.embed_tokens = Embed(config.vocab_size, config.hidden_size, **common)
-    self.layers = nnx.List(
-      [
-        Qwen2DecoderLayer(config, attention_impl=attention_impl, **common)
-        for _ in range(config.num_hidden_layers)
-      ]
+    common = dict(dtype=dtype, param_dtype=param_dtype)
+    self.scan_layers = scan_layers
+    self.remat_policy = remat_policy
+    self.embed_tokens = Embed(config.vocab_size, config.hidden_size, rngs=rngs, **common)
+    self.layers = layer_stack.stack_layers(
+      lambda layer_rngs: Qwen2DecoderLayer(config, attention_impl=attention_impl, rngs=layer_rngs, **common),
+      config.num_hidden_layers,
+      rngs,
     )
-    self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
+    self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, **common)
 
   def __call__(
     self,
     inputs_embeds: jax.Array,
     positions: jax.Array,
     attend: jax.Array,
-    cache: tuple[tuple[jax.Array, ...], tuple[jax.Array, ...]] | None = None,
+    cache: tuple[jax.Array, jax.Array] | tuple[SharedPrefixLayer, SharedPrefixLayer] | None = None,
     index: jax.Array | None = None,
   ):
     """Runs the decoder stack.
@@ -276,19 +284,39 @@ class Qwen2Model(nnx.Module):
       inputs_embeds: ``[B, L, hidden]`` in the compute dtype.
       positions: ``[B, L]`` int RoPE positions.
       attend: ``[B, L, S]`` bool from :func:`attention_mask_for`.
-      cache: (keys, values), one ``[B, S, KV, D]`` array per layer each, or None.
+      cache: (keys, values), each ``[layers, B, S, KV, D]`` or a stacked
+        :class:`perax.models.cache.SharedPrefixLayer`; or None.
       index: the slot of the first new token (with a cache).
 
     Returns:
-      (final normed hidden states ``[B, L, hidden]``, updated (keys, values) or None).
+      (final normed hidden states ``[B, L, hidden]``, updated (keys, values) or None). For a shared
+      prefix only the suffixes are rewritten; the prefix arrays are returned as they came.
     """
-    x = inputs_embeds
-    new_keys, new_values = [], []
-    for number, layer in enumerate(self.layers):
-      layer_cache = None if cache is None else (cache[0][number], cache[1][number])
+    shared = cache is not None and isinstance(cache[0], SharedPrefixLayer)
+    if shared:
+      keys, values = cache
+      # Only the suffix is scanned in and out: the (large) prefix is read, never copied.
+      xs = (keys.prefix, keys.suffix, values.prefix, values.suffix)
+    else:
+      xs = cache
+
+    def step(layer: Qwen2DecoderLayer, x: jax.Array, layer_xs):
+      if shared:
+        key_prefix, key_suffix, value_prefix, value_suffix = layer_xs
+        layer_cache = (
+          SharedPrefixLayer(prefix=key_prefix, prefix_mask=keys.prefix_mask, suffix=key_suffix),
+          SharedPrefixLayer(prefix=value_prefix, prefix_mask=values.prefix_mask, suffix=value_suffix),
+        )
+      else:
+        layer_cache = layer_xs
       x, layer_cache = layer(activation_sharding.constrain(x), positions, attend, layer_cache, index)
-      if layer_cache is not None:
-        new_keys.append(layer_cache[0])
-        new_values.append(layer_cache[1])
-    updated = None if cache is None else (tuple(new_keys), tuple(new_values))
-    return self.norm(x), updated
+      if shared:
+        return x, (layer_cache[0].suffix, layer_cache[1].suffix)
+      return x, layer_cache
+
+    x, written = layer_stack.run_layers(
+      self.layers, step, inputs_embeds, xs, scan=self.scan_layers, remat_policy=self.remat_policy
+    )
+    if shared:
+      written = (keys.replace(suffix=written[0]), values.replace(suffix=written[1]))
+    return self.norm(x), written

@@ -1,8 +1,9 @@
 """Qwen2-Audio in Flax NNX: audio encoder, projector, Qwen2 decoder and lm_head, HF-named.
 
-Module paths follow HF's original checkpoint names (``audio_tower.layers.0.self_attn.q_proj``,
-``multi_modal_projector.linear``, ``language_model.layers.0.mlp.gate_proj``, ``lm_head``), so
-perax.models.convert maps names with one table.
+Module paths follow HF's original checkpoint names (``audio_tower.layers.self_attn.q_proj``,
+``multi_modal_projector.linear``, ``language_model.layers.mlp.gate_proj``, ``lm_head``), except that
+each stack's N layers are one module with a leading layer axis (perax.models.layer_stack), so
+perax.models.convert maps names with one table plus the layer index.
 
 Typical use (prompt built by HF's processor, features by perax.data.features.batch_features):
 
@@ -92,9 +93,15 @@ class Qwen2AudioForConditionalGeneration(nnx.Module):
     self.config = config
     self.dtype = dtype
     common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.audio_tower = Qwen2AudioEncoder(config.audio, attention_impl=config.attention_impl, **common)
+    stacks = dict(
+      attention_impl=config.attention_impl,
+      scan_layers=config.scan_layers,
+      remat_policy=config.remat_policy,
+      **common,
+    )
+    self.audio_tower = Qwen2AudioEncoder(config.audio, **stacks)
     self.multi_modal_projector = Qwen2AudioMultiModalProjector(config, **common)
-    self.language_model = Qwen2Model(config.text, attention_impl=config.attention_impl, **common)
+    self.language_model = Qwen2Model(config.text, **stacks)
     self.lm_head = (
       None
       if config.tie_word_embeddings

@@ -3,7 +3,8 @@
 A converted directory holds:
 
 - ``state/``: an Orbax checkpoint (``orbax.checkpoint.v1``) of a nested dict of arrays keyed by
-  perax parameter path (``{'language_model': {'layers': {'0': ...}}}``);
+  perax parameter path (``{'language_model': {'layers': {'mlp': ...}}}``; a tower's layers are
+  stacked, so ``language_model.layers.mlp.up_proj.kernel`` is ``[layers, hidden, intermediate]``);
 - ``config.json``, the tokenizer and processor files (written by perax.models.convert);
 - ``perax.json``: format, format version, parameter dtype, perax version, source directory. It is
   written last: a directory without it is an unfinished conversion.
@@ -36,8 +37,10 @@ from perax.core.locks import LOCK_FILE, RunLock
 from perax.core.progress import Progress
 
 FORMAT = 'perax-qwen2-audio'
-# 1: one StandardCheckpointer save of the whole state (no longer read: convert again); 2: partial saves.
-FORMAT_VERSION = 2
+# 1: one StandardCheckpointer save of the whole state; 2: partial saves, one array per layer; 3: each
+# tower's layers stacked into one array per parameter (perax.models.layer_stack). Only the current
+# version is read: convert the HF checkpoint again.
+FORMAT_VERSION = 3
 STATE_DIR = 'state'
 PERAX_JSON = 'perax.json'
 STAGING_DIR = '.partial'

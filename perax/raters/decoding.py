@@ -188,28 +188,10 @@ def constrain_batch(x: jax.Array, mesh: Mesh | None) -> jax.Array:
 
 
 def constrain_cache(cache: kv_cache.KVCache, mesh: Mesh | None) -> kv_cache.KVCache:
-  """Cache shardings follow the model's rules: batch over (data, fsdp), key/value heads over tensor."""
+  """The cache constrained to perax.models.cache.cache_shardings (None: unconstrained)."""
   if mesh is None:
     return cache
-
-  def kv(x):
-    spec = sharding.partition_spec(kv_cache.KV_AXES, x.shape, mesh)
-    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
-
-  def mask(x):
-    spec = sharding.partition_spec(kv_cache.MASK_AXES, x.shape, mesh)
-    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
-
-  def layer(entry):
-    if isinstance(entry, kv_cache.SharedPrefixLayer):
-      return entry.replace(
-        prefix=kv(entry.prefix), prefix_mask=mask(entry.prefix_mask), suffix=kv(entry.suffix)
-      )
-    return kv(entry)
-
-  return cache.replace(
-    keys=tuple(map(layer, cache.keys)), values=tuple(map(layer, cache.values)), mask=mask(cache.mask)
-  )
+  return jax.lax.with_sharding_constraint(cache, kv_cache.cache_shardings(cache, mesh))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -48,6 +48,8 @@ def default_config() -> TrainConfig:
   # written to <workdir>/tiny_checkpoint
   config.model.compute_dtype = 'bfloat16'
   config.model.attention_impl = 'einsum'  # einsum | xla | cudnn (perax.models.config.ATTENTION_IMPLS)
+  config.model.scan_layers = True  # layer stacks as a lax.scan (one compiled layer) or unrolled
+  config.model.remat_policy = 'none'  # none | minimal | dots | full (perax.models.layer_stack)
   config.model.param_dtype = 'float32'  # backbone storage; 'bfloat16' halves a frozen backbone
   # (LoRA / head scopes); 'full' needs float32 masters
   config.model.scope = 'head'  # head | lora | full

@@ -6,6 +6,10 @@ Kernels may have several input or output dimensions (perax.models.layers.Linear 
 projection as ``[embed, heads, head_dim]``); ``A`` contracts all input dimensions. ``A`` and ``B``
 are ``nnx.LoRAParam`` (a subclass of ``nnx.Param``), which is how the trainer tells adapters from
 base weights. The base layer is kept intact as the ``base`` attribute.
+
+A linear layer inside a stacked layer stack (perax.models.layer_stack) has a kernel with a leading
+'layers' axis; its adapters get the same leading axis (one independent adapter per layer), so the
+stack's scan slices base weights and adapters together.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from perax.models.layer_stack import LAYERS_AXIS
 
 LORA_AXIS = 'lora_rank'
 
@@ -31,9 +37,10 @@ class LoRALinear(nnx.Module):
 
   Attributes:
     base: the original layer; maps ``[..., *in]`` to ``[..., *out]`` with a ``kernel [*in, *out]``
-      (``num_in_dims`` input dimensions, 1 when the layer does not say).
-    lora_a: ``[*in, rank]`` LoRAParam.
-    lora_b: ``[rank, *out]`` LoRAParam, zero at initialisation.
+      (``num_in_dims`` input dimensions, 1 when the layer does not say), or ``[layers, *in, *out]``
+      inside a layer stack.
+    lora_a: ``[*in, rank]`` LoRAParam (``[layers, *in, rank]`` inside a stack).
+    lora_b: ``[rank, *out]`` LoRAParam, zero at initialisation (``[layers, rank, *out]``).
     scale: alpha / rank.
   """
 
@@ -41,17 +48,23 @@ class LoRALinear(nnx.Module):
     if rank < 1:
       raise ValueError(f'LoRA rank must be >= 1, got {rank}')
     kernel = base.kernel
-    self.num_in_dims = getattr(base, 'num_in_dims', 1)
-    in_shape, out_shape = kernel.shape[: self.num_in_dims], kernel.shape[self.num_in_dims :]
+    self.num_in_dims = n = getattr(base, 'num_in_dims', 1)
     axes = _axes(kernel)
-    in_axes, out_axes = axes[: self.num_in_dims], axes[self.num_in_dims :]
-    a_init = nnx.initializers.he_uniform(in_axis=tuple(range(self.num_in_dims)), out_axis=self.num_in_dims)
+    lead = 1 if axes[:1] == (LAYERS_AXIS,) else 0  # the layer axis of a stacked kernel
+    stack_shape, stack_axes = kernel.shape[:lead], axes[:lead]
+    in_shape, out_shape = kernel.shape[lead : lead + n], kernel.shape[lead + n :]
+    in_axes, out_axes = axes[lead : lead + n], axes[lead + n :]
+    a_init = nnx.initializers.he_uniform(
+      in_axis=tuple(range(lead, lead + n)), out_axis=lead + n, batch_axis=tuple(range(lead))
+    )
     self.base = base
     self.lora_a = nnx.LoRAParam(
-      a_init(rngs.params(), in_shape + (rank,), param_dtype), logical_axes=in_axes + (LORA_AXIS,)
+      a_init(rngs.params(), stack_shape + in_shape + (rank,), param_dtype),
+      logical_axes=stack_axes + in_axes + (LORA_AXIS,),
     )
     self.lora_b = nnx.LoRAParam(
-      jnp.zeros((rank,) + out_shape, param_dtype), logical_axes=(LORA_AXIS,) + out_axes
+      jnp.zeros(stack_shape + (rank,) + out_shape, param_dtype),
+      logical_axes=stack_axes + (LORA_AXIS,) + out_axes,
     )
     self.scale = alpha / rank
 

@@ -89,6 +89,8 @@ def build_model(
   compute_dtype: str = 'bfloat16',
   param_dtype: str = 'float32',
   attention_impl: str = 'einsum',
+  scan_layers: bool = True,
+  remat_policy: str = 'none',
   mesh: Mesh | None = None,
 ) -> tuple[DistributionalModel, Qwen2AudioConfig, Any, list[str]]:
   """Loads the backbone from ``checkpoint`` (HF or perax-converted) and wraps it.
@@ -98,6 +100,7 @@ def build_model(
     options: head, pooling, trainable scope and LoRA settings.
     compute_dtype, param_dtype: the backbone's compute and storage dtypes.
     attention_impl: the backbone's attention implementation (perax.models.config.ATTENTION_IMPLS).
+    scan_layers, remat_policy: how the backbone's layer stacks run (perax.models.layer_stack).
     mesh: where the backbone's weights are placed as they load (sharded by perax.models.sharding's
       rules), so a large model never sits whole on one device; None: the first device.
 
@@ -109,6 +112,8 @@ def build_model(
     dtype=dtype_from_name(compute_dtype),
     param_dtype=dtype_from_name(param_dtype),
     attention_impl=attention_impl,
+    scan_layers=scan_layers,
+    remat_policy=remat_policy,
     mesh=mesh,
   )
   model, adapted = wrap_backbone(backbone, config, options)

@@ -254,6 +254,8 @@ def setup_run(config: TrainConfig, workdir: str) -> RunSetup:
     compute_dtype=config.model.compute_dtype,
     param_dtype=config.model.param_dtype,
     attention_impl=config.model.attention_impl,
+    scan_layers=config.model.scan_layers,
+    remat_policy=config.model.remat_policy,
     mesh=mesh,
   )
   graphdef, params, frozen = state_lib.split_model(model, config.model.scope)
