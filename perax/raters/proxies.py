@@ -27,7 +27,9 @@ warns with the counts.
 
 Work is data-parallel over a mesh of this process's devices (batches split over 'data' x 'fsdp',
 weights placed by the model's logical-axis rules, perax.raters.sampler) and each JAX process takes
-shards ``process_index, process_index + process_count, ...``; process 0 merges. Randomness is keyed
+shards ``process_index, process_index + process_count, ...``; process 0 holds the out_dir's lock and
+merges once every process has written its shards (perax.core.rendezvous: processes may finish hours
+apart, and an error in one process is raised in all of them, naming it). Randomness is keyed
 by (seed, prompt_id, utt_id, vote index), and window ``w > 0`` of a split clip by
 ``'<utt_id>#window<w>'``, so results do not depend on batch size, shard size, process count or
 resumption.
@@ -35,16 +37,18 @@ resumption.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
+from collections.abc import Iterator
 
 import jax
 import numpy as np
 import pyarrow as pa
 from jax.sharding import Mesh
 
-from perax.core import jsonio, log, settings_record
+from perax.core import jsonio, log, rendezvous, settings_record
 from perax.core.errors import InputError, SkipCounter
 from perax.core.locks import RunLock
 from perax.core.progress import Progress
@@ -210,9 +214,10 @@ def generate_from_files(
   utterances = tables.read_utterances(manifest)
   mesh = local_mesh(mesh_shape)
   dtype = dtype or default_dtype()
-  log.info(f'compute dtype {dtype}, mesh {dict(mesh.shape)}', stage=STAGE)
-  model, _, processor = loading.load_model(checkpoint, dtype=dtype, mesh=mesh)
-  return generate(job, utterances, out_dir, model, processor, mesh=mesh)
+  with out_dir_lock(out_dir):  # before loading the model: a run into a busy out_dir fails at once
+    log.info(f'compute dtype {dtype}, mesh {dict(mesh.shape)}', stage=STAGE)
+    model, _, processor = loading.load_model(checkpoint, dtype=dtype, mesh=mesh)
+    return generate(job, utterances, out_dir, model, processor, mesh=mesh)
 
 
 def generate(
@@ -242,7 +247,9 @@ def generate(
 
   Raises:
     InputError: an empty manifest, audio that cannot be rated when not ``job.lenient_audio``, a
-      missing transcript for a transcript prompt, or an ``out_dir`` holding shards of another job.
+      missing transcript for a transcript prompt, an ``out_dir`` holding shards of another job or in
+      use by another run; in a multi-process run, every process raises when one does
+      (perax.core.rendezvous).
   """
   if not utterances.num_rows:
     raise InputError('the manifest has no utterances')
@@ -253,11 +260,19 @@ def generate(
     log.info(
       f'batch size {job.batch_size} rounded up to {batch_size}, a multiple of {devices} devices', STAGE
     )
-  lock = RunLock(out_dir, 'proxies out_dir') if jax.process_count() == 1 else None
-  if lock is not None:
-    lock.acquire()
-  try:
+  with out_dir_lock(out_dir):
     return _generate(job, utterances, out_dir, model, processor, mesh, batch_size)
+
+
+@contextlib.contextmanager
+def out_dir_lock(out_dir: str) -> Iterator[None]:
+  """One job per out_dir: process 0 holds its RunLock (re-entrant) while the block runs, so another
+  run, single- or multi-process, is refused; every process raises the InputError when it is taken.
+  A collective step: every process of a multi-process run enters it (perax.core.rendezvous)."""
+  lock = RunLock(out_dir, 'proxies out_dir') if jax.process_index() == 0 else None
+  try:
+    rendezvous.run_everywhere(f'{STAGE} lock', lambda: lock and lock.acquire())
+    yield
   finally:
     if lock is not None:
       lock.release()
@@ -266,35 +281,16 @@ def generate(
 def _generate(job, utterances, out_dir, model, processor, mesh, batch_size) -> ProxyResult:
   compiles_before = sampler_lib.compile_count()
   shard_dir = os.path.join(out_dir, SHARD_DIR)
-  settings_record.claim(
-    os.path.join(shard_dir, JOB_FILE), job.fingerprint(utterances), 'use a new out_dir or remove its shards'
-  )
-  worker = shard_worker.ShardWorker(job, model, processor, batch_size, mesh)
-
   n_shards = -(-utterances.num_rows // job.shard_size)
-  mine = list(range(jax.process_index(), n_shards, jax.process_count()))
-  progress = Progress(
-    total=sum(_shard_rows(utterances, s, job.shard_size) for s in mine),
-    unit='utt',
-    what=f'proxies ({job.mode})',
-  )
-  done_now = 0
-  for shard in mine:
-    rows = _shard_rows(utterances, shard, job.shard_size)
-    if os.path.exists(_part_path(shard_dir, shard)):
-      progress.update(rows, resumed=True)
-      continue
-    part = utterances.slice(shard * job.shard_size, rows)
-    table, skipped_items = worker.run(part, progress)
-    jsonio.write_json(_part_path(shard_dir, shard, '.json'), {'utterances': rows, 'skipped': skipped_items})
-    tables.write_table(table, _part_path(shard_dir, shard))
-    done_now += 1
-  progress.close()
 
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  def my_shards() -> int:
+    settings_record.claim(
+      os.path.join(shard_dir, JOB_FILE), job.fingerprint(utterances), 'use a new out_dir or remove its shards'
+    )
+    return _write_shards(job, utterances, shard_dir, model, processor, mesh, batch_size)
 
-    multihost_utils.sync_global_devices('perax.raters.proxies shards written')
+  # Every process's shards are written (or every process raises) before process 0 merges.
+  done_now = rendezvous.run_everywhere(f'{STAGE} shards', my_shards)
   skipped_items = _skipped_items(shard_dir, n_shards)
   result = ProxyResult(
     None, done_now, 0, _skip_counter(skipped_items), sampler_lib.compile_count() - compiles_before
@@ -317,6 +313,32 @@ def _generate(job, utterances, out_dir, model, processor, mesh, batch_size) -> P
     f'{result.compiles} compilations in this run (sampler compile count {sampler_lib.compile_count()})', STAGE
   )
   return result
+
+
+def _write_shards(job, utterances, shard_dir, model, processor, mesh, batch_size) -> int:
+  """Writes this process's missing shards (``process_index, process_index + process_count, ...``);
+  returns how many it wrote."""
+  worker = shard_worker.ShardWorker(job, model, processor, batch_size, mesh)
+  n_shards = -(-utterances.num_rows // job.shard_size)
+  mine = list(range(jax.process_index(), n_shards, jax.process_count()))
+  progress = Progress(
+    total=sum(_shard_rows(utterances, s, job.shard_size) for s in mine),
+    unit='utt',
+    what=f'proxies ({job.mode})',
+  )
+  done_now = 0
+  for shard in mine:
+    rows = _shard_rows(utterances, shard, job.shard_size)
+    if os.path.exists(_part_path(shard_dir, shard)):
+      progress.update(rows, resumed=True)
+      continue
+    part = utterances.slice(shard * job.shard_size, rows)
+    table, skipped_items = worker.run(part, progress)
+    jsonio.write_json(_part_path(shard_dir, shard, '.json'), {'utterances': rows, 'skipped': skipped_items})
+    tables.write_table(table, _part_path(shard_dir, shard))
+    done_now += 1
+  progress.close()
+  return done_now
 
 
 def _report_skipped(items: list[dict], path: str | None) -> None:
