@@ -13,15 +13,19 @@ one two-process run both fails and does most of the work):
    exactly the one-process table.
 """
 
+import json
 import os
 import pathlib
 import socket
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
+from perax.core import rendezvous
+from perax.core.errors import InputError
 from perax.core.locks import RunLock
 from perax.data import audio, tables
 from perax.models.tiny import make_tiny_checkpoint
@@ -49,8 +53,6 @@ def _env() -> dict:
 
 
 def _gloo_available() -> bool:
-  import jax
-
   try:
     from jax._src.lib import _jax  # pylint: disable=g-import-not-at-top
   except ImportError:
@@ -215,3 +217,80 @@ def test_a_rerun_computes_only_the_missing_shard(runs):
   rank0, rank1 = runs['resumed']
   assert '0 compilations in this run' in rank0  # process 0 found all its shards done
   assert 'proxies (sample): 2/2 utt' in rank1
+
+
+class FakeClient:
+  """The coordination service's key-value store and barrier as process ``me`` of two sees them, with
+  process ``other``'s status already posted."""
+
+  def __init__(self, other_status: dict):
+    self.store = {}
+    self.other_status = other_status
+    self.barriers = []
+
+  def key_value_set(self, key, value):
+    assert key not in self.store  # the service refuses to overwrite: keys are numbered per call
+    self.store[key] = value
+    self.store[key[: key.rindex('/')] + '/1'] = json.dumps(self.other_status)
+
+  def wait_at_barrier(self, name, timeout_ms):
+    self.barriers.append((name, timeout_ms))
+
+  def blocking_key_value_get(self, key, timeout_ms):
+    return self.store[key]
+
+
+@pytest.fixture
+def process_0_of_2(monkeypatch):
+  """rendezvous as process 0 of a two-process run; ``connect(status)`` installs process 1's status."""
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  monkeypatch.setattr(jax, 'process_index', lambda: 0)
+
+  def connect(other_status):
+    client = FakeClient(other_status)
+    monkeypatch.setattr(rendezvous, '_client', lambda: client)
+    return client
+
+  return connect
+
+
+def test_rendezvous_waits_on_the_coordination_service_for_days(process_0_of_2):
+  client = process_0_of_2({'failed': False})
+  assert rendezvous.run_everywhere('step', lambda: 'mine') == 'mine'
+  assert rendezvous.run_everywhere('step', lambda: 'again') == 'again'  # numbered: no key reused
+  (first, wait), (second, _) = client.barriers
+  assert first != second and first.startswith('perax/rendezvous/step/')
+  # Not a device collective (gloo gives up on a peer after 30 s): a barrier that waits for days.
+  assert wait >= 24 * 3600 * 1000
+
+
+def test_rendezvous_raises_a_peers_input_error_naming_it(process_0_of_2):
+  process_0_of_2({'failed': True, 'input_error': True, 'message': "x.wav, item 'u3': cannot read audio"})
+  ran = []
+  with pytest.raises(InputError, match=r"step: process 1 of 2 failed: x.wav, item 'u3': cannot read audio"):
+    rendezvous.run_everywhere('step', lambda: ran.append(1))
+  assert ran == [1]  # this process's step ran to its end first
+
+
+def test_rendezvous_raises_other_peer_failures_as_peer_failed(process_0_of_2):
+  process_0_of_2({'failed': True, 'input_error': False, 'message': 'out of memory'})
+  with pytest.raises(rendezvous.PeerFailed, match='process 1 of 2 failed: out of memory'):
+    rendezvous.run_everywhere('step', lambda: None)
+
+
+def test_rendezvous_posts_its_own_failure_before_raising_it(process_0_of_2):
+  client = process_0_of_2({'failed': False})
+
+  def step():
+    raise InputError('bad row', path='m.csv', line=3)
+
+  with pytest.raises(InputError, match='bad row'):
+    rendezvous.run_everywhere('step', step)
+  posted = [json.loads(v) for k, v in client.store.items() if k.endswith('/0')]
+  assert posted == [{'failed': True, 'input_error': True, 'message': 'm.csv:3: bad row'}]
+  assert len(client.barriers) == 1  # it reached the barrier, so its peers are not left waiting
+
+
+def test_one_process_runs_the_step_alone():
+  assert jax.process_count() == 1
+  assert rendezvous.run_everywhere('step', lambda: 7) == 7

@@ -154,13 +154,14 @@ class ProxyResult:
   """What a run did.
 
   Attributes:
-    output: the merged table's path, or None when another process's shards are still missing.
+    output: the merged table's path in process 0; None in the other processes of a multi-process
+      run, and when shards are still missing.
     shards_done: shards finished by this run (not counting those found done).
     rows: rows in the merged table (0 when not merged).
     skipped: utterances that were not rated, over all shards, by reason.
     compiles: jit compilations of the sampler's programs during this run (0 when this process had
       compiled every shape before).
-    skipped_output: the skipped-items table (utt_id, reason, message), None when not merged.
+    skipped_output: the skipped-items table (utt_id, reason, message), None where ``output`` is.
     long_clips: utterances over 30 s in the merged table, by clip_policy ('truncated' or 'split').
   """
 
@@ -270,8 +271,13 @@ def out_dir_lock(out_dir: str) -> Iterator[None]:
   run, single- or multi-process, is refused; every process raises the InputError when it is taken.
   A collective step: every process of a multi-process run enters it (perax.core.rendezvous)."""
   lock = RunLock(out_dir, 'proxies out_dir') if jax.process_index() == 0 else None
+
+  def acquire() -> None:
+    if lock is not None:
+      lock.acquire()
+
   try:
-    rendezvous.run_everywhere(f'{STAGE} lock', lambda: lock and lock.acquire())
+    rendezvous.run_everywhere(f'{STAGE} lock', acquire)
     yield
   finally:
     if lock is not None:
@@ -295,24 +301,37 @@ def _generate(job, utterances, out_dir, model, processor, mesh, batch_size) -> P
   result = ProxyResult(
     None, done_now, 0, _skip_counter(skipped_items), sampler_lib.compile_count() - compiles_before
   )
-  if jax.process_index() == 0:
-    missing = [s for s in range(n_shards) if not os.path.exists(_part_path(shard_dir, s))]
-    if missing:
-      log.warning(f'{len(missing)} of {n_shards} shards still missing; rerun to complete', STAGE)
-    else:
-      merged = tables.concat([tables.read_table(_part_path(shard_dir, s)) for s in range(n_shards)])
-      result.output = tables.write_table(merged, os.path.join(out_dir, OUTPUT_FILES[job.mode]))
-      result.rows = merged.num_rows
-      skipped_table = pa.Table.from_pylist(skipped_items, schema=SKIPPED_SCHEMA)
-      result.skipped_output = tables.write_table(skipped_table, os.path.join(out_dir, SKIPPED_FILE))
-      result.long_clips = _long_clips(merged)
-      log.info(f'wrote {result.rows} rows to {result.output}', STAGE)
-      _report_long_clips(result.long_clips, job.long_clips)
+
+  def merge() -> None:
+    if jax.process_index() == 0:
+      _merge(job, out_dir, n_shards, skipped_items, result)
+
+  # Process 0 merges; every process returns once the merged table is written (or raises with it).
+  rendezvous.run_everywhere(f'{STAGE} merge', merge)
   _report_skipped(skipped_items, result.skipped_output)
   log.info(
     f'{result.compiles} compilations in this run (sampler compile count {sampler_lib.compile_count()})', STAGE
   )
   return result
+
+
+def _merge(
+  job: ProxyJob, out_dir: str, n_shards: int, skipped_items: list[dict], result: ProxyResult
+) -> None:
+  """Writes the merged table (the shards in manifest order) and the skipped table into ``result``."""
+  shard_dir = os.path.join(out_dir, SHARD_DIR)
+  missing = [s for s in range(n_shards) if not os.path.exists(_part_path(shard_dir, s))]
+  if missing:
+    log.warning(f'{len(missing)} of {n_shards} shards still missing; rerun to complete', STAGE)
+  else:
+    merged = tables.concat([tables.read_table(_part_path(shard_dir, s)) for s in range(n_shards)])
+    result.output = tables.write_table(merged, os.path.join(out_dir, OUTPUT_FILES[job.mode]))
+    result.rows = merged.num_rows
+    skipped_table = pa.Table.from_pylist(skipped_items, schema=SKIPPED_SCHEMA)
+    result.skipped_output = tables.write_table(skipped_table, os.path.join(out_dir, SKIPPED_FILE))
+    result.long_clips = _long_clips(merged)
+    log.info(f'wrote {result.rows} rows to {result.output}', STAGE)
+    _report_long_clips(result.long_clips, job.long_clips)
 
 
 def _write_shards(job, utterances, shard_dir, model, processor, mesh, batch_size) -> int:
