@@ -2,7 +2,7 @@
 8 virtual CPU devices the model's activation constraints are applied (and absent without a mesh), and
 the votes and label scores equal the mesh-less ones.
 
-The checkpoint has a shape no other test uses (3 decoder layers), so every program here is traced
+The checkpoint has a shape no other test uses (an MLP width of 48), so every program here is traced
 afresh in this module, whatever ran before in the session.
 """
 
@@ -18,13 +18,14 @@ from perax.raters import prompts
 from perax.raters import sampler as sampler_lib
 
 LABELS = ('neutral', 'happy', 'sad', 'angry')
-BATCH, VOTES, NEW_TOKENS, LAYERS = 8, 3, 4, 3
+BATCH, VOTES, NEW_TOKENS = 8, 3, 4
+UNIQUE_MLP_WIDTH = 48  # the tiny default is 64
 
 
 @pytest.fixture(scope='module')
 def tiny(tmp_path_factory):
   path = make_tiny_checkpoint(
-    tmp_path_factory.mktemp('activation_sharding') / 'tiny', seed=2, num_hidden_layers=LAYERS
+    tmp_path_factory.mktemp('activation_sharding') / 'tiny', seed=2, intermediate_size=UNIQUE_MLP_WIDTH
   )
   model, _, processor = loading.load_model(path)
   rng = np.random.default_rng(1)
