@@ -27,7 +27,9 @@ warns with the counts.
 
 Work is data-parallel over a mesh of this process's devices (batches split over 'data' x 'fsdp',
 weights placed by the model's logical-axis rules, perax.raters.sampler) and each JAX process takes
-shards ``process_index, process_index + process_count, ...``; process 0 merges. Randomness is keyed
+shards ``process_index, process_index + process_count, ...``; process 0 holds the out_dir's lock and
+merges once every process has written its shards (perax.core.rendezvous: processes may finish hours
+apart, and an error in one process is raised in all of them, naming it). Randomness is keyed
 by (seed, prompt_id, utt_id, vote index), and window ``w > 0`` of a split clip by
 ``'<utt_id>#window<w>'``, so results do not depend on batch size, shard size, process count or
 resumption.
@@ -35,16 +37,18 @@ resumption.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
+from collections.abc import Iterator
 
 import jax
 import numpy as np
 import pyarrow as pa
 from jax.sharding import Mesh
 
-from perax.core import jsonio, log, settings_record
+from perax.core import jsonio, log, rendezvous, settings_record
 from perax.core.errors import InputError, SkipCounter
 from perax.core.locks import RunLock
 from perax.core.progress import Progress
@@ -150,13 +154,14 @@ class ProxyResult:
   """What a run did.
 
   Attributes:
-    output: the merged table's path, or None when another process's shards are still missing.
+    output: the merged table's path in process 0; None in the other processes of a multi-process
+      run, and when shards are still missing.
     shards_done: shards finished by this run (not counting those found done).
     rows: rows in the merged table (0 when not merged).
     skipped: utterances that were not rated, over all shards, by reason.
     compiles: jit compilations of the sampler's programs during this run (0 when this process had
       compiled every shape before).
-    skipped_output: the skipped-items table (utt_id, reason, message), None when not merged.
+    skipped_output: the skipped-items table (utt_id, reason, message), None where ``output`` is.
     long_clips: utterances over 30 s in the merged table, by clip_policy ('truncated' or 'split').
   """
 
@@ -210,9 +215,10 @@ def generate_from_files(
   utterances = tables.read_utterances(manifest)
   mesh = local_mesh(mesh_shape)
   dtype = dtype or default_dtype()
-  log.info(f'compute dtype {dtype}, mesh {dict(mesh.shape)}', stage=STAGE)
-  model, _, processor = loading.load_model(checkpoint, dtype=dtype, mesh=mesh)
-  return generate(job, utterances, out_dir, model, processor, mesh=mesh)
+  with out_dir_lock(out_dir):  # before loading the model: a run into a busy out_dir fails at once
+    log.info(f'compute dtype {dtype}, mesh {dict(mesh.shape)}', stage=STAGE)
+    model, _, processor = loading.load_model(checkpoint, dtype=dtype, mesh=mesh)
+    return generate(job, utterances, out_dir, model, processor, mesh=mesh)
 
 
 def generate(
@@ -242,7 +248,9 @@ def generate(
 
   Raises:
     InputError: an empty manifest, audio that cannot be rated when not ``job.lenient_audio``, a
-      missing transcript for a transcript prompt, or an ``out_dir`` holding shards of another job.
+      missing transcript for a transcript prompt, an ``out_dir`` holding shards of another job or in
+      use by another run; in a multi-process run, every process raises when one does
+      (perax.core.rendezvous).
   """
   if not utterances.num_rows:
     raise InputError('the manifest has no utterances')
@@ -253,11 +261,24 @@ def generate(
     log.info(
       f'batch size {job.batch_size} rounded up to {batch_size}, a multiple of {devices} devices', STAGE
     )
-  lock = RunLock(out_dir, 'proxies out_dir') if jax.process_count() == 1 else None
-  if lock is not None:
-    lock.acquire()
-  try:
+  with out_dir_lock(out_dir):
     return _generate(job, utterances, out_dir, model, processor, mesh, batch_size)
+
+
+@contextlib.contextmanager
+def out_dir_lock(out_dir: str) -> Iterator[None]:
+  """One job per out_dir: process 0 holds its RunLock (re-entrant) while the block runs, so another
+  run, single- or multi-process, is refused; every process raises the InputError when it is taken.
+  A collective step: every process of a multi-process run enters it (perax.core.rendezvous)."""
+  lock = RunLock(out_dir, 'proxies out_dir') if jax.process_index() == 0 else None
+
+  def acquire() -> None:
+    if lock is not None:
+      lock.acquire()
+
+  try:
+    rendezvous.run_everywhere(f'{STAGE} lock', acquire)
+    yield
   finally:
     if lock is not None:
       lock.release()
@@ -266,11 +287,57 @@ def generate(
 def _generate(job, utterances, out_dir, model, processor, mesh, batch_size) -> ProxyResult:
   compiles_before = sampler_lib.compile_count()
   shard_dir = os.path.join(out_dir, SHARD_DIR)
-  settings_record.claim(
-    os.path.join(shard_dir, JOB_FILE), job.fingerprint(utterances), 'use a new out_dir or remove its shards'
-  )
-  worker = shard_worker.ShardWorker(job, model, processor, batch_size, mesh)
+  n_shards = -(-utterances.num_rows // job.shard_size)
 
+  def my_shards() -> int:
+    settings_record.claim(
+      os.path.join(shard_dir, JOB_FILE), job.fingerprint(utterances), 'use a new out_dir or remove its shards'
+    )
+    return _write_shards(job, utterances, shard_dir, model, processor, mesh, batch_size)
+
+  # Every process's shards are written (or every process raises) before process 0 merges.
+  done_now = rendezvous.run_everywhere(f'{STAGE} shards', my_shards)
+  skipped_items = _skipped_items(shard_dir, n_shards)
+  result = ProxyResult(
+    None, done_now, 0, _skip_counter(skipped_items), sampler_lib.compile_count() - compiles_before
+  )
+
+  def merge() -> None:
+    if jax.process_index() == 0:
+      _merge(job, out_dir, n_shards, skipped_items, result)
+
+  # Process 0 merges; every process returns once the merged table is written (or raises with it).
+  rendezvous.run_everywhere(f'{STAGE} merge', merge)
+  _report_skipped(skipped_items, result.skipped_output)
+  log.info(
+    f'{result.compiles} compilations in this run (sampler compile count {sampler_lib.compile_count()})', STAGE
+  )
+  return result
+
+
+def _merge(
+  job: ProxyJob, out_dir: str, n_shards: int, skipped_items: list[dict], result: ProxyResult
+) -> None:
+  """Writes the merged table (the shards in manifest order) and the skipped table into ``result``."""
+  shard_dir = os.path.join(out_dir, SHARD_DIR)
+  missing = [s for s in range(n_shards) if not os.path.exists(_part_path(shard_dir, s))]
+  if missing:
+    log.warning(f'{len(missing)} of {n_shards} shards still missing; rerun to complete', STAGE)
+  else:
+    merged = tables.concat([tables.read_table(_part_path(shard_dir, s)) for s in range(n_shards)])
+    result.output = tables.write_table(merged, os.path.join(out_dir, OUTPUT_FILES[job.mode]))
+    result.rows = merged.num_rows
+    skipped_table = pa.Table.from_pylist(skipped_items, schema=SKIPPED_SCHEMA)
+    result.skipped_output = tables.write_table(skipped_table, os.path.join(out_dir, SKIPPED_FILE))
+    result.long_clips = _long_clips(merged)
+    log.info(f'wrote {result.rows} rows to {result.output}', STAGE)
+    _report_long_clips(result.long_clips, job.long_clips)
+
+
+def _write_shards(job, utterances, shard_dir, model, processor, mesh, batch_size) -> int:
+  """Writes this process's missing shards (``process_index, process_index + process_count, ...``);
+  returns how many it wrote."""
+  worker = shard_worker.ShardWorker(job, model, processor, batch_size, mesh)
   n_shards = -(-utterances.num_rows // job.shard_size)
   mine = list(range(jax.process_index(), n_shards, jax.process_count()))
   progress = Progress(
@@ -290,33 +357,7 @@ def _generate(job, utterances, out_dir, model, processor, mesh, batch_size) -> P
     tables.write_table(table, _part_path(shard_dir, shard))
     done_now += 1
   progress.close()
-
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-
-    multihost_utils.sync_global_devices('perax.raters.proxies shards written')
-  skipped_items = _skipped_items(shard_dir, n_shards)
-  result = ProxyResult(
-    None, done_now, 0, _skip_counter(skipped_items), sampler_lib.compile_count() - compiles_before
-  )
-  if jax.process_index() == 0:
-    missing = [s for s in range(n_shards) if not os.path.exists(_part_path(shard_dir, s))]
-    if missing:
-      log.warning(f'{len(missing)} of {n_shards} shards still missing; rerun to complete', STAGE)
-    else:
-      merged = tables.concat([tables.read_table(_part_path(shard_dir, s)) for s in range(n_shards)])
-      result.output = tables.write_table(merged, os.path.join(out_dir, OUTPUT_FILES[job.mode]))
-      result.rows = merged.num_rows
-      skipped_table = pa.Table.from_pylist(skipped_items, schema=SKIPPED_SCHEMA)
-      result.skipped_output = tables.write_table(skipped_table, os.path.join(out_dir, SKIPPED_FILE))
-      result.long_clips = _long_clips(merged)
-      log.info(f'wrote {result.rows} rows to {result.output}', STAGE)
-      _report_long_clips(result.long_clips, job.long_clips)
-  _report_skipped(skipped_items, result.skipped_output)
-  log.info(
-    f'{result.compiles} compilations in this run (sampler compile count {sampler_lib.compile_count()})', STAGE
-  )
-  return result
+  return done_now
 
 
 def _report_skipped(items: list[dict], path: str | None) -> None:

@@ -19,7 +19,12 @@ string spread over several tokens, at the price of decoding up to ``max_new_toke
 
 Sharded inference: with a mesh over ('data', 'fsdp', 'tensor'), the weights are placed by the model's
 logical-axis rules (perax.models.sharding.parameter_shardings), so a model larger than one device
-runs; batches are split over 'data' x 'fsdp' and the caches follow the same rules.
+runs; batches are split over 'data' x 'fsdp' and the caches follow the same rules. Every program is
+traced inside ``perax.models.activation_sharding.active(mesh)``, so the model's activation constraints
+keep the batch split inside it too (without a mesh they are no-ops). A jit cache entry never mixes
+the two: sample_votes and score_labels take the mesh as a static argument, encode's inputs carry the
+mesh's shardings, and every call and lowering of these programs goes through this module, which always
+enters ``active`` with the mesh it passes.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from perax.models import sharding
+from perax.models import activation_sharding, sharding
 from perax.raters import decoding, label_scoring, prompts
 from perax.raters.decoding import (  # noqa: F401  (the sampler's public names)
   END_OF_TEXT,
@@ -124,12 +129,13 @@ class Sampler:
       feature_lengths: [B] valid frames per clip.
     """
     self._check_rows(len(features), 'features')
-    embeds, valid = decoding.encode(
-      self._graphdef,
-      self._state,
-      self._shard(np.asarray(features, np.float32)),
-      self._shard(np.asarray(feature_lengths, np.int32)),
-    )
+    with activation_sharding.active(self.mesh):
+      embeds, valid = decoding.encode(
+        self._graphdef,
+        self._state,
+        self._shard(np.asarray(features, np.float32)),
+        self._shard(np.asarray(feature_lengths, np.int32)),
+      )
     return EncodedAudio(embeds, valid, prompts.num_audio_tokens(feature_lengths))
 
   def sample(
@@ -171,22 +177,23 @@ class Sampler:
     ids, mask = self._pad_prompts(prompt_ids)
     self._check_rows(len(utt_ids), 'utt_ids')
     utt_hashes = np.asarray([stable_hash(u) for u in utt_ids], np.uint32)
-    tokens = decoding.sample_votes(
-      self._graphdef,
-      self.model_config,
-      self._state,
-      audio.embeds,
-      audio.valid,
-      self._shard(ids),
-      self._shard(mask),
-      self._shard(utt_hashes),
-      np.uint32(seed & 0xFFFFFFFF),
-      np.uint32(stable_hash(prompt_id)),
-      trie.tokens,
-      trie.next,
-      config=config,
-      mesh=self.mesh,
-    )
+    with activation_sharding.active(self.mesh):
+      tokens = decoding.sample_votes(
+        self._graphdef,
+        self.model_config,
+        self._state,
+        audio.embeds,
+        audio.valid,
+        self._shard(ids),
+        self._shard(mask),
+        self._shard(utt_hashes),
+        np.uint32(seed & 0xFFFFFFFF),
+        np.uint32(stable_hash(prompt_id)),
+        trie.tokens,
+        trie.next,
+        config=config,
+        mesh=self.mesh,
+      )
     return np.asarray(tokens).reshape(self.batch_size, config.votes_per_clip, -1)
 
   def score(
@@ -199,18 +206,19 @@ class Sampler:
       perax.raters.label_scoring.normalise).
     """
     ids, mask = self._pad_prompts(prompt_ids)
-    logp = label_scoring.score_labels(
-      self._graphdef,
-      self.model_config,
-      self._state,
-      audio.embeds,
-      audio.valid,
-      self._shard(ids),
-      self._shard(mask),
-      label_tokens.ids,
-      label_tokens.lengths,
-      mesh=self.mesh,
-    )
+    with activation_sharding.active(self.mesh):
+      logp = label_scoring.score_labels(
+        self._graphdef,
+        self.model_config,
+        self._state,
+        audio.embeds,
+        audio.valid,
+        self._shard(ids),
+        self._shard(mask),
+        label_tokens.ids,
+        label_tokens.lengths,
+        mesh=self.mesh,
+      )
     return np.asarray(logp)
 
   def texts(self, tokens: np.ndarray, stop_strings: Sequence[str] = ()) -> list[list[str]]:
@@ -290,19 +298,20 @@ def lower_sample_votes(
 
   audio_tokens = feature_frames // 4
   trie = decoding.TokenTrie.unconstrained()
-  return decoding.sample_votes.lower(
-    graphdef,
-    model.config,
-    state,
-    spec((batch_size, audio_tokens, model.config.text.hidden_size), model.dtype),
-    spec((batch_size, audio_tokens), jnp.bool_),
-    spec((batch_size, prompt_length), jnp.int32),
-    spec((batch_size, prompt_length), jnp.bool_),
-    spec((batch_size,), jnp.uint32),
-    np.uint32(0),
-    np.uint32(0),
-    trie.tokens,
-    trie.next,
-    config=config,
-    mesh=mesh,
-  )
+  with activation_sharding.active(mesh):
+    return decoding.sample_votes.lower(
+      graphdef,
+      model.config,
+      state,
+      spec((batch_size, audio_tokens, model.config.text.hidden_size), model.dtype),
+      spec((batch_size, audio_tokens), jnp.bool_),
+      spec((batch_size, prompt_length), jnp.int32),
+      spec((batch_size, prompt_length), jnp.bool_),
+      spec((batch_size,), jnp.uint32),
+      np.uint32(0),
+      np.uint32(0),
+      trie.tokens,
+      trie.next,
+      config=config,
+      mesh=mesh,
+    )
