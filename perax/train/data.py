@@ -32,12 +32,11 @@ from typing import Any
 import jax
 import numpy as np
 import pyarrow as pa
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from perax import distributions as dist
 from perax.augment import augmented_set, dime_aug, input_pipeline
-from perax.core import log
+from perax.core import log, rendezvous
 from perax.core.errors import InputError
 from perax.data import corpora, tables
 from perax.data import labels as labels_lib
@@ -92,12 +91,14 @@ def _table_paths(data: TrainConfig, workdir: str, seed: int) -> tuple[str, str]:
   utterances = data.utterances or os.path.join(default_dir, UTTERANCES_FILE)
   distributions = data.distributions or os.path.join(default_dir, DISTRIBUTIONS_FILE)
   generate = data.corpus == 'demo' and not (data.utterances or data.distributions)
-  if (
-    generate and jax.process_index() == 0 and not all(os.path.exists(p) for p in (utterances, distributions))
-  ):
-    utterances, distributions = _generate_demo(default_dir, seed, data.label_set)
-  if generate and jax.process_count() > 1:
-    multihost_utils.sync_global_devices('perax demo corpus written')
+  if generate:
+
+    def write_on_process_0() -> None:
+      if jax.process_index() == 0 and not all(os.path.exists(p) for p in (utterances, distributions)):
+        _generate_demo(default_dir, seed, data.label_set)
+
+    # Every process waits for process 0's write (however long) and sees its error.
+    rendezvous.run_everywhere('demo corpus written', write_on_process_0)
   missing = [p for p in (utterances, distributions) if not os.path.exists(p)]
   if missing:
     raise InputError(

@@ -16,10 +16,9 @@ import jax
 import numpy as np
 import optax
 from flax import nnx
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from perax.core import log
+from perax.core import log, rendezvous
 from perax.core.errors import InputError
 from perax.models import sharding, tiny
 from perax.models.config import Qwen2AudioConfig
@@ -108,10 +107,13 @@ def checkpoint_path(config: TrainConfig, workdir: str) -> str:
   if config.model.checkpoint != config_lib.TINY_CHECKPOINT:
     return config.model.checkpoint
   path = os.path.join(workdir, TINY_CHECKPOINT_DIRNAME)
-  if jax.process_index() == 0 and not os.path.isfile(os.path.join(path, 'config.json')):
-    tiny.make_tiny_checkpoint(path, seed=config.seed)
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices('perax tiny checkpoint written')
+
+  def write_on_process_0() -> None:
+    if jax.process_index() == 0 and not os.path.isfile(os.path.join(path, 'config.json')):
+      tiny.make_tiny_checkpoint(path, seed=config.seed)
+
+  # Every process waits for process 0's write (however long) and sees its error.
+  rendezvous.run_everywhere('tiny checkpoint written', write_on_process_0)
   return path
 
 
