@@ -68,6 +68,19 @@ def traced_in(mesh: Mesh | None) -> Callable[[Callable], Callable]:
   return decorate
 
 
+def traced_in_mesh_argument(fn: Callable) -> Callable:
+  """Decorator: ``fn(..., mesh=m)`` runs inside :func:`active` for the ``m`` it is given (None: no
+  constraints). For jitted programs that take their mesh as a static argument, so their traces always
+  carry the constraints of the mesh in their cache key."""
+
+  @functools.wraps(fn)
+  def wrapped(*args, mesh: Mesh | None = None, **kwargs):
+    with active(mesh):
+      return fn(*args, mesh=mesh, **kwargs)
+
+  return wrapped
+
+
 def current_mesh() -> Mesh | None:
   """The mesh of the innermost :func:`active`, or None."""
   return _MESH.get()

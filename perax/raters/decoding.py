@@ -32,8 +32,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
+from perax.models import activation_sharding, sharding
 from perax.models import cache as kv_cache
-from perax.models import sharding
 
 # Prompt lengths are padded up to the first bucket that holds them. One bucket per audio feature
 # bucket (2, 4, 8, 16, 30 s hold at most 50, 100, 200, 400, 750 audio tokens), with 128 tokens or more
@@ -264,6 +264,7 @@ def choose(logits, keys, config: SamplingConfig, allowed):
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1), static_argnames=('config', 'mesh'))
+@activation_sharding.traced_in_mesh_argument
 def sample_votes(
   graphdef,
   model_config,

@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from perax.models import activation_sharding
 from perax.models import cache as kv_cache
 from perax.raters import decoding
 
@@ -68,6 +69,7 @@ def normalise(logp: np.ndarray) -> np.ndarray:
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1), static_argnames='mesh')
+@activation_sharding.traced_in_mesh_argument
 def score_labels(
   graphdef,
   model_config,

@@ -22,9 +22,9 @@ logical-axis rules (perax.models.sharding.parameter_shardings), so a model large
 runs; batches are split over 'data' x 'fsdp' and the caches follow the same rules. Every program is
 traced inside ``perax.models.activation_sharding.active(mesh)``, so the model's activation constraints
 keep the batch split inside it too (without a mesh they are no-ops). A jit cache entry never mixes
-the two: sample_votes and score_labels take the mesh as a static argument, encode's inputs carry the
-mesh's shardings, and every call and lowering of these programs goes through this module, which always
-enters ``active`` with the mesh it passes.
+the two: sample_votes and score_labels take the mesh as a static argument and enter ``active`` for it
+themselves (``traced_in_mesh_argument``); encode has no mesh argument, its inputs carry the mesh's
+shardings, and the sampler calls it inside ``active`` with its mesh.
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ class Sampler:
       feature_lengths: [B] valid frames per clip.
     """
     self._check_rows(len(features), 'features')
-    with activation_sharding.active(self.mesh):
+    with activation_sharding.active(self.mesh):  # encode has no mesh argument (see the module doc)
       embeds, valid = decoding.encode(
         self._graphdef,
         self._state,
@@ -177,23 +177,22 @@ class Sampler:
     ids, mask = self._pad_prompts(prompt_ids)
     self._check_rows(len(utt_ids), 'utt_ids')
     utt_hashes = np.asarray([stable_hash(u) for u in utt_ids], np.uint32)
-    with activation_sharding.active(self.mesh):
-      tokens = decoding.sample_votes(
-        self._graphdef,
-        self.model_config,
-        self._state,
-        audio.embeds,
-        audio.valid,
-        self._shard(ids),
-        self._shard(mask),
-        self._shard(utt_hashes),
-        np.uint32(seed & 0xFFFFFFFF),
-        np.uint32(stable_hash(prompt_id)),
-        trie.tokens,
-        trie.next,
-        config=config,
-        mesh=self.mesh,
-      )
+    tokens = decoding.sample_votes(
+      self._graphdef,
+      self.model_config,
+      self._state,
+      audio.embeds,
+      audio.valid,
+      self._shard(ids),
+      self._shard(mask),
+      self._shard(utt_hashes),
+      np.uint32(seed & 0xFFFFFFFF),
+      np.uint32(stable_hash(prompt_id)),
+      trie.tokens,
+      trie.next,
+      config=config,
+      mesh=self.mesh,
+    )
     return np.asarray(tokens).reshape(self.batch_size, config.votes_per_clip, -1)
 
   def score(
@@ -206,19 +205,18 @@ class Sampler:
       perax.raters.label_scoring.normalise).
     """
     ids, mask = self._pad_prompts(prompt_ids)
-    with activation_sharding.active(self.mesh):
-      logp = label_scoring.score_labels(
-        self._graphdef,
-        self.model_config,
-        self._state,
-        audio.embeds,
-        audio.valid,
-        self._shard(ids),
-        self._shard(mask),
-        label_tokens.ids,
-        label_tokens.lengths,
-        mesh=self.mesh,
-      )
+    logp = label_scoring.score_labels(
+      self._graphdef,
+      self.model_config,
+      self._state,
+      audio.embeds,
+      audio.valid,
+      self._shard(ids),
+      self._shard(mask),
+      label_tokens.ids,
+      label_tokens.lengths,
+      mesh=self.mesh,
+    )
     return np.asarray(logp)
 
   def texts(self, tokens: np.ndarray, stop_strings: Sequence[str] = ()) -> list[list[str]]:
@@ -298,20 +296,19 @@ def lower_sample_votes(
 
   audio_tokens = feature_frames // 4
   trie = decoding.TokenTrie.unconstrained()
-  with activation_sharding.active(mesh):
-    return decoding.sample_votes.lower(
-      graphdef,
-      model.config,
-      state,
-      spec((batch_size, audio_tokens, model.config.text.hidden_size), model.dtype),
-      spec((batch_size, audio_tokens), jnp.bool_),
-      spec((batch_size, prompt_length), jnp.int32),
-      spec((batch_size, prompt_length), jnp.bool_),
-      spec((batch_size,), jnp.uint32),
-      np.uint32(0),
-      np.uint32(0),
-      trie.tokens,
-      trie.next,
-      config=config,
-      mesh=mesh,
-    )
+  return decoding.sample_votes.lower(
+    graphdef,
+    model.config,
+    state,
+    spec((batch_size, audio_tokens, model.config.text.hidden_size), model.dtype),
+    spec((batch_size, audio_tokens), jnp.bool_),
+    spec((batch_size, prompt_length), jnp.int32),
+    spec((batch_size, prompt_length), jnp.bool_),
+    spec((batch_size,), jnp.uint32),
+    np.uint32(0),
+    np.uint32(0),
+    trie.tokens,
+    trie.next,
+    config=config,
+    mesh=mesh,
+  )
