@@ -387,14 +387,37 @@ def test_build_distributions_dirichlet_components(small_corpus, tmp_path):
     assert json.load(f)['kappa'] == fitted['kappa']
   summary = dist.format_summary(fitted)
   assert 'skipped votes: 1' in summary
-  # The fitted kappa says what it was fitted on: every utterance with human and synthetic votes.
+  # The fitted kappa says what it was fitted on: by default the 'train' utterances with human and
+  # synthetic votes (the level split), so held-out human votes never tune the targets.
+  train_ids = {
+    u for u, s in zip(tables.column(utterances, 'utt_id'), tables.column(utterances, 'split')) if s == 'train'
+  }
+  ids, n_h = dist.vote_counts(votes, DEMO, tables.column(fitted_table, 'utt_id'), source='human')
+  _, n_s = dist.vote_counts(votes, DEMO, ids, source='synthetic')
+  on_train = np.array([u in train_ids for u in ids])
+  p_s = n_s / n_s.sum(-1, keepdims=True)
+  assert fitted['kappa'] == dist.fit_kappa(n_h[on_train], p_s[on_train])
+  assert fitted['kappa'] != dist.fit_kappa(n_h, p_s)
+  assert fitted['kappa_fit']['split'] == 'train'
+  assert fitted['kappa_fit']['n_utterances'] == on_train.sum() < len(ids)
+  assert "fitted by empirical Bayes on the human votes of every 'train' utterance" in dist.format_summary(
+    fitted
+  )
+  _, everywhere = dist.build_distributions(
+    votes, label_set=DEMO, combine='dirichlet', utterances=utterances, levels_from_split='all'
+  )
+  summary = dist.format_summary(everywhere)
   rows = votes.to_pylist()
   both = {r['utt_id'] for r in rows if r['source'] == 'human' and r['label'] in DEMO.labels} & {
     r['utt_id'] for r in rows if r['source'] == 'synthetic'
   }
-  assert fitted['kappa_fit']['n_utterances'] == len(both) == 29
-  assert f'kappa {fitted["kappa"]:.4g}, fitted by empirical Bayes on the human votes' in summary
+  assert everywhere['kappa_fit']['n_utterances'] == len(both) == 29
+  assert f'kappa {everywhere["kappa"]:.4g}, fitted by empirical Bayes on the human votes' in summary
   assert f'({len(both)} utterances)' in summary
+  with pytest.raises(InputError, match="fits kappa on split 'validation', but none of its utterances"):
+    dist.build_distributions(
+      votes, label_set=DEMO, combine='dirichlet', utterances=utterances, levels_from_split='validation'
+    )
   assert info['kappa_fit'] is None and 'kappa 4 (given)' in dist.format_summary(info)
 
 

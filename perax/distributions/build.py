@@ -27,7 +27,7 @@ from perax.core import jsonio
 from perax.core.errors import InputError, SkipCounter
 from perax.data import labels as labels_lib
 from perax.data import tables
-from perax.distributions.combining import combine_evidence
+from perax.distributions.combining import combine_evidence, fit_kappa
 from perax.distributions.counting import (
   count_skipped,
   majority,
@@ -38,7 +38,7 @@ from perax.distributions.counting import (
   vote_counts,
 )
 from perax.distributions.evidence import align, synthetic_evidence
-from perax.distributions.levels import LEVELS, LevelDefinition, fit_levels
+from perax.distributions.levels import ALL, LEVELS, LevelDefinition, fit_levels
 
 SKIP_SYNTHETIC_WITH_SCORES = 'synthetic vote unused: scores are the synthetic evidence'
 
@@ -66,6 +66,31 @@ def _splits_of(row_ids: np.ndarray, utterances: pa.Table | None) -> np.ndarray |
   return align(
     row_ids, tables.column(utterances, 'utt_id'), tables.column(utterances, 'split').astype(object), fill=None
   )
+
+
+def _fit_kappa_on_split(
+  n_h: np.ndarray, p_s: np.ndarray, splits: np.ndarray | None, split: str | None
+) -> tuple[float, dict]:
+  """kappa fitted on the human votes of ``split``'s utterances with human and synthetic evidence
+  (every split's when ``split`` is None or 'all', or the utterances carry no splits), so held-out
+  utterances' human votes never tune the targets. Returns (kappa, what it was fitted on)."""
+  fit_rows = (n_h.sum(-1) > 0) & ~np.isnan(p_s).any(-1)
+  where = 'every utterance'
+  if splits is not None and split not in (None, ALL):
+    fit_rows &= splits == split
+    where = f'every {split!r} utterance'
+    if not fit_rows.any():
+      raise InputError(
+        f'combine=dirichlet fits kappa on split {split!r}, but none of its utterances has both human '
+        'votes and synthetic evidence; give --kappa or another --levels_from split'
+      )
+  kappa = fit_kappa(n_h[fit_rows], p_s[fit_rows])
+  return kappa, {
+    'votes': f'the human votes of {where} that has both human votes and synthetic evidence',
+    'split': None if where == 'every utterance' else split,
+    'n_utterances': int(fit_rows.sum()),
+    'n_votes': float(n_h[fit_rows].sum()),
+  }
 
 
 def build_distributions(
@@ -102,8 +127,9 @@ def build_distributions(
     synthetic_weight, mixture_lambda, kappa, smoothing: see ``combine_evidence``.
     utterances: optional utterances table: rows follow its order, votes for other utterances are
       skipped (and counted), and its ``split`` column serves ``levels_from_split``.
-    levels_from_split: the split whose human-entropy tertiles set the level edges; None or 'all'
-      uses every item (as does a missing ``utterances`` table).
+    levels_from_split: the split whose human-entropy tertiles set the level edges and whose human
+      votes fit kappa (combine='dirichlet' without ``kappa``); None or 'all' uses every item (as
+      does a missing ``utterances`` table).
     fixed_edges: fixed (e1, e2) thresholds instead of tertiles.
     level_definition: the run's level definition, applied as given (e.g. read from another run's
       distributions.json with :func:`read_level_definition`); excludes ``fixed_edges``.
@@ -165,12 +191,7 @@ def build_distributions(
     )
   kappa_fit = None
   if combine == 'dirichlet' and kappa is None:
-    fit_rows = (n_h.sum(-1) > 0) & ~np.isnan(p_s).any(-1)
-    kappa_fit = {
-      'votes': 'the human votes of every utterance that has both human votes and synthetic evidence',
-      'n_utterances': int(fit_rows.sum()),
-      'n_votes': float(n_h[fit_rows].sum()),
-    }
+    kappa, kappa_fit = _fit_kappa_on_split(n_h, p_s, _splits_of(row_ids, utterances), levels_from_split)
   p, kappa = combine_evidence(
     combine,
     n_h,
