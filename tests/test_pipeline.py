@@ -7,6 +7,7 @@ import logging
 import os
 import pathlib
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -340,3 +341,76 @@ def test_cross_validation_reports_each_fold_and_mean_and_std(cross_validation):
   assert by_fold['mean ± std'][column] == expected
   assert by_fold['A'][column] == fmt(values[0])
   assert '2-fold cross-validation' in markdown
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def _close(a, b, rtol: float) -> bool:
+  """Nested JSON values equal, floats within ``rtol`` (relative) or 1e-6 (absolute: correlations near 0)."""
+  if isinstance(a, dict) and isinstance(b, dict):
+    return a.keys() == b.keys() and all(_close(a[k], b[k], rtol) for k in a)
+  if isinstance(a, list) and isinstance(b, list):
+    return len(a) == len(b) and all(_close(x, y, rtol) for x, y in zip(a, b))
+  if isinstance(a, float) and isinstance(b, float):
+    return abs(a - b) <= max(rtol * max(abs(a), abs(b)), 1e-6)
+  return a == b
+
+
+def test_two_processes_run_the_pipeline_like_one(run, tmp_path):
+  """The pipeline as two processes (JAX's distributed runtime, gloo on CPU, 4 devices each) against
+  the in-process run on 8 devices (the same global training mesh): the same data, proxy scores,
+  distributions, training losses and evaluation. Process 0 writes every record; proxies, training and
+  evaluation are shared out. Proxy votes may differ in a rare token: the two runs compile on
+  different CPU device counts, and the tiny random model's near-uniform distributions turn float
+  noise (about 1e-9 in the scores) into an occasional different draw."""
+  config, _, _ = run
+  out = tmp_path / 'two'
+  port = _free_port()
+  env = dict(
+    os.environ,
+    PYTHONPATH=str(ROOT),
+    JAX_PLATFORMS='cpu',
+    XLA_FLAGS='--xla_force_host_platform_device_count=4',
+  )
+  command = [
+    sys.executable,
+    str(ROOT / 'launch' / 'pipeline.py'),
+    f'--out_dir={out}',
+    *SMALL_FLAGS,
+    f'--coordinator_address=127.0.0.1:{port}',
+    '--num_processes=2',
+  ]
+  processes = [
+    subprocess.Popen(
+      [*command, f'--process_id={i}'], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
+    for i in range(2)
+  ]
+  logs = [p.communicate(timeout=900)[0] for p in processes]
+  if any('gloo' in text.lower() and 'not' in text.lower() and 'available' in text.lower() for text in logs):
+    pytest.skip('jaxlib without gloo CPU collectives')
+  assert [p.returncode for p in processes] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+  one, two = _results(pathlib.Path(config.out_dir)), _results(out)
+  assert one.keys() == two.keys()
+  for name in one:
+    if name.startswith('proxies/sample/') or name == 'report.md':
+      continue
+    if name.startswith('proxies/'):  # the rater names the checkpoint directory (converted or HF)
+      one[name] = [{k: v for k, v in row.items() if k != 'rater'} for row in one[name]]
+      two[name] = [{k: v for k, v in row.items() if k != 'rater'} for row in two[name]]
+    assert _close(one[name], two[name], rtol=1e-5), name
+  votes = [
+    (r['utt_id'], r['prompt_id'], r['vote_index'], r['label']) for r in one['proxies/sample/votes.parquet']
+  ]
+  other = [
+    (r['utt_id'], r['prompt_id'], r['vote_index'], r['label']) for r in two['proxies/sample/votes.parquet']
+  ]
+  assert len(votes) == len(other) and sum(a == b for a, b in zip(votes, other)) >= 0.99 * len(votes)
+  assert (out / 'report.html').is_file()
+  # Process 0 ran the stages that are not shared out; both ran the shared ones.
+  assert '[prepare] running' in logs[0] and '[prepare] running' not in logs[1]
+  assert all('[train] running' in text for text in logs)

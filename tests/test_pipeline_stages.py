@@ -260,15 +260,6 @@ def test_config_module_takes_defaults_from_the_dataclasses():
   assert pa is not None
 
 
-def test_a_multi_process_pipeline_is_refused_with_a_clear_line(tmp_path, monkeypatch):
-  import jax
-
-  monkeypatch.setattr(jax, 'process_count', lambda: 2)
-  with pytest.raises(InputError, match='runs as one process, but this run has 2'):
-    pipeline.run_pipeline(pipeline.PipelineConfig(out_dir=str(tmp_path)))
-  assert not (tmp_path / 'stages').exists()
-
-
 def test_split_roles_match_the_corpus_spelling(tmp_path):
   path = _utterances(tmp_path, ['train', 'dev', 'test1'], ['a', 'b', 'c'])
   assert (bodies.split_name('train', path), bodies.split_name('dev', path)) == ('train', 'dev')

@@ -10,8 +10,10 @@ in the file is only there to name the holder.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+from collections.abc import Iterator
 from typing import ClassVar
 
 from perax.core.errors import InputError
@@ -72,3 +74,26 @@ class RunLock:
 
   def __exit__(self, *exc) -> None:
     self.release()
+
+
+@contextlib.contextmanager
+def locked_for_the_run(directory: os.PathLike | str, what: str) -> Iterator[None]:
+  """:class:`RunLock` for a run of one or several processes (perax.core.distributed): process 0 holds
+  the lock while the block runs, and when it is taken every process raises the InputError. A
+  collective step: every process of a multi-process run enters it (perax.core.rendezvous)."""
+  import jax  # pylint: disable=import-outside-toplevel  (core stays importable without a backend)
+
+  from perax.core import rendezvous  # pylint: disable=import-outside-toplevel
+
+  lock = RunLock(directory, what) if jax.process_index() == 0 else None
+
+  def acquire() -> None:
+    if lock is not None:
+      lock.acquire()
+
+  rendezvous.run_everywhere(f'{what} lock', acquire)
+  try:
+    yield
+  finally:
+    if lock is not None:
+      lock.release()

@@ -3,7 +3,7 @@
   model, config, processor = load_model('/ckpt/qwen2-audio-perax', dtype=jnp.bfloat16)
   model, config, _ = load_model(path, mesh=make_mesh(fsdp=4, tensor=2), with_processor=False)
 
-Every parameter lands directly in its target sharding: by default the first device; with ``mesh``,
+Every parameter lands directly in its target sharding: by default this process's first device; with ``mesh``,
 the model's logical-axis rules over that mesh (perax.models.sharding); with ``shardings``, exactly
 the Sharding given per parameter. A converted directory is restored by Orbax straight into those
 shardings and the parameter dtype; an HF directory (config.json + safetensors) is converted on the
@@ -65,7 +65,7 @@ def load_model(
       or an HF checkpoint directory.
     dtype: compute dtype.
     param_dtype: parameter dtype; defaults to ``dtype``.
-    mesh: place parameters sharded over this mesh by ``rules``; default: the first device.
+    mesh: place parameters sharded over this mesh by ``rules``; default: this process's first device.
     rules: logical-axis rules (perax.models.sharding).
     shardings: the Sharding of every parameter (see :data:`Shardings`); excludes ``mesh``. With tied
       embeddings there is no lm_head, and an entry for it is ignored.
@@ -112,7 +112,7 @@ def load_model(
 def _shardings(config: Qwen2AudioConfig, mesh: Mesh | None, rules: sharding_lib.Rules):
   """perax path -> the Sharding its parameter is placed with (lm_head included, tied or not)."""
   if mesh is None:
-    device = NamedSharding(Mesh(np.asarray(jax.devices()[:1]), ('replica',)), PartitionSpec())
+    device = NamedSharding(Mesh(np.asarray(jax.local_devices()[:1]), ('replica',)), PartitionSpec())
     return lambda name: device
   untied = dataclasses.replace(config, tie_word_embeddings=False)
   return _given(sharding_lib.parameter_shardings(convert.abstract_model(untied), mesh, rules))

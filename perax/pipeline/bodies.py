@@ -14,6 +14,7 @@ import shutil
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 import pyarrow as pa
 
@@ -101,6 +102,10 @@ def checkpoint(config: PipelineConfig, out_dir: str) -> dict:
   tiny.make_tiny_checkpoint(f'{hf_dir}.partial', seed=config.seed)
   _replace_dir(f'{hf_dir}.partial', hf_dir)
   log.info(f'created a tiny random Qwen2-Audio checkpoint in HF format: {hf_dir}', stage='checkpoint')
+  if jax.process_count() > 1:
+    # Orbax's saves wait for every process, but this stage runs on process 0 alone: every process
+    # reads the HF directory instead, converting on the fly (perax.models.loading).
+    return {'checkpoint': hf_dir, 'hf_checkpoint': hf_dir}
   converted = os.path.join(out_dir, 'checkpoint')
   shutil.rmtree(converted, ignore_errors=True)  # a conversion killed after its rename: redo it
   convert.convert_checkpoint(hf_dir, converted, dtype='float32')

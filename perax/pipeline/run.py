@@ -1,7 +1,10 @@
 """The end-to-end job: corpus -> proxies -> distributions -> DiME-Aug -> training -> evaluation ->
 analysis -> report, each stage keyed by its inputs (perax.pipeline.stages).
 
-Layout of ``out_dir`` (one process at a time: it is locked with perax.core.locks.RunLock):
+Layout of ``out_dir`` (one run at a time: it is locked with perax.core.locks.RunLock). A run may
+span several processes (perax.core.distributed): proxies, training and evaluation share out their
+work over all of them, process 0 runs the other stages and writes every record, and ``out_dir`` must
+be on a filesystem every process sees (perax.pipeline.stages).
 
   stages/<stage>.json   what each shared stage used (key), wrote (outputs, digest) and took (seconds)
   data/                 prepare: utterances.parquet, votes.parquet (human), reference_votes.parquet (if any)
@@ -26,9 +29,10 @@ import dataclasses
 import os
 from collections.abc import Sequence
 
-from perax.core import log, settings_record
+import jax
+
+from perax.core import locks, log, rendezvous, settings_record
 from perax.core.errors import InputError
-from perax.core.locks import RunLock
 from perax.data import tables
 from perax.pipeline import bodies, compose, training
 from perax.pipeline import stages as stages_lib
@@ -92,6 +96,11 @@ def resolve_splits(wanted: Sequence[str], utterances: str) -> tuple[str, ...]:
       path=utterances,
     )
   return tuple(by_lower[w.lower()] for w in wanted)
+
+
+def _leader() -> bool:
+  """Process 0: the one that writes the run's records and the stages that are not shared out."""
+  return jax.process_index() == 0
 
 
 def _claim_corpus(config: PipelineConfig) -> None:
@@ -184,6 +193,7 @@ def _run_plan(
     },
     lambda: training.train(train_config, path('train'), runner.shown('train')),
     clears=[path('train')],
+    everywhere=True,
   ).outputs
   targets = {ref: distributions[name] for ref, name in training.DISTRIBUTION_OF.items()}
   evaluated = runner.run(
@@ -197,6 +207,7 @@ def _run_plan(
       train_config, path('train'), targets, splits, path('evaluation'), runner.shown('evaluate')
     ),
     clears=[path('evaluation')],
+    everywhere=True,
   ).outputs
   return {
     'distributions': distributions,
@@ -205,23 +216,6 @@ def _run_plan(
     'evaluate': evaluated,
     'runner': runner,
   }
-
-
-def _check_single_process() -> None:
-  """The pipeline runs as one process (it may use every local device); multi-process runs (several
-  hosts) go through the stage launchers, which share out work and merge on process 0.
-
-  Raises:
-    InputError: JAX's distributed runtime holds more than one process.
-  """
-  import jax  # the launcher has set up the distributed runtime before this
-
-  if jax.process_count() > 1:
-    raise InputError(
-      f'the pipeline runs as one process, but this run has {jax.process_count()}: run it without '
-      '--num_processes (it uses every local device), or run launch/generate_proxies.py and '
-      'launch/train.py as multi-process jobs'
-    )
 
 
 def run_pipeline(config: PipelineConfig) -> dict:
@@ -234,12 +228,11 @@ def run_pipeline(config: PipelineConfig) -> dict:
     InputError: bad input or settings, naming the stage ('[proxies] ...'); the out_dir holds a study
       of another corpus; another process holds the out_dir.
   """
-  _check_single_process()
   out = config.out_dir
   path = lambda *parts: os.path.join(out, *parts)  # noqa: E731
-  with RunLock(out, what='pipeline out_dir'):
+  with locks.locked_for_the_run(out, 'pipeline out_dir'):
     label_set = config.resolved_label_set()
-    _claim_corpus(config)
+    rendezvous.run_everywhere('pipeline corpus claimed', lambda: _claim_corpus(config) if _leader() else None)
     top = stages_lib.Stages(out)
     data = top.run(
       'prepare',
@@ -277,6 +270,7 @@ def run_pipeline(config: PipelineConfig) -> dict:
         config, checkpoint.outputs['checkpoint'], data['utterances'], path('proxies')
       ),
       clears=[path('proxies')],
+      everywhere=True,
     )
     folds = resolve_folds(config.folds, data['utterances'])
     plans = {}

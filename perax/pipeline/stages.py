@@ -28,7 +28,9 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from perax.core import jsonio, log, settings_record
+import jax
+
+from perax.core import jsonio, log, rendezvous, settings_record
 from perax.core.errors import InputError
 
 STAGE_DIR = 'stages'
@@ -141,6 +143,8 @@ class Stages:
     key: Mapping[str, Any],
     body: Callable[[], Mapping[str, Any]],
     clears: Sequence[str] = (),
+    *,
+    everywhere: bool = False,
   ) -> Record:
     """Runs stage ``name`` unless a record with the same ``key`` is there; returns its record.
 
@@ -150,8 +154,35 @@ class Stages:
       body: computes the outputs (paths and values); called only when the stage must run.
       clears: the directories the stage writes; removed before a run whose key differs from the one
         their contents were made with.
+      everywhere: with several processes (perax.core.distributed), run ``body`` in every process
+        (a stage whose work is shared out: proxies, training, evaluation); otherwise process 0 runs
+        it alone while the others wait. Process 0 decides whether to reuse, clears and records;
+        every process returns process 0's record (the run directory must be on a filesystem every
+        process sees). Errors in any process are raised in all (perax.core.rendezvous).
     """
     key = jsonio.jsonable(dict(key))
+    shown = self.shown(name)
+    if jax.process_count() == 1:
+      return self._reused(name, key, clears) or self._finish(name, key, *self._outputs(shown, body))
+    leader = jax.process_index() == 0
+    found = rendezvous.run_everywhere(
+      f'stage {shown} prepared', lambda: self._reused(name, key, clears) if leader else None
+    )
+    if found is not None:
+      return found
+    if not leader and os.path.exists(self._path(name)):  # process 0 found it reusable
+      return self._load(name, key, reused=True)
+    results = rendezvous.run_everywhere(
+      f'stage {shown}', lambda: self._outputs(shown, body) if leader or everywhere else None
+    )
+    rendezvous.run_everywhere(
+      f'stage {shown} recorded', lambda: self._finish(name, key, *results) if leader else None
+    )
+    return self.records[name] if leader else self._load(name, key, reused=False)
+
+  def _reused(self, name: str, key: dict, clears: Sequence[str]) -> Record | None:
+    """The stage's record when it can be reused; otherwise None, after clearing outputs made with
+    other settings and marking the stage as started."""
     shown = self.shown(name)
     marker, started = self._path(name), self._path(name, '.started')
     stale = None
@@ -182,6 +213,10 @@ class Stages:
       for directory in clears:
         shutil.rmtree(directory, ignore_errors=True)
     jsonio.write_json(started, key)
+    return None
+
+  def _outputs(self, shown: str, body: Callable[[], Mapping[str, Any]]) -> tuple[dict, float]:
+    """(the body's outputs, JSON-ready; seconds it took); bad input names the stage."""
     log.info('running', stage=shown)
     begun_at = time.time()
     try:
@@ -190,12 +225,24 @@ class Stages:
       raise InputError(f'[{shown}] {error}') from error
     except FileNotFoundError as error:
       raise InputError(f'[{shown}] {error}') from error
-    seconds = time.time() - begun_at
+    return outputs, time.time() - begun_at
+
+  def _finish(self, name: str, key: dict, outputs: dict, seconds: float) -> Record:
+    """Records a finished stage atomically and forgets that it was started."""
     saved = to_record(outputs, self.base)
     record = {'key': key, 'outputs': saved, 'digest': digest(saved, self.base), 'seconds': seconds}
-    jsonio.write_json(marker, record)
-    os.remove(started)
-    log.info(f'finished in {seconds:.1f} s', stage=shown)
+    jsonio.write_json(self._path(name), record)
+    os.remove(self._path(name, '.started'))
+    log.info(f'finished in {seconds:.1f} s', stage=self.shown(name))
     result = Record(name, key, outputs, record['digest'], seconds, False)
+    self.records[name] = result
+    return result
+
+  def _load(self, name: str, key: dict, reused: bool) -> Record:
+    """The record process 0 wrote (processes other than 0 of a multi-process run)."""
+    record = jsonio.read_json(self._path(name))
+    result = Record(
+      name, key, from_record(record['outputs'], self.base), record['digest'], record['seconds'], reused
+    )
     self.records[name] = result
     return result

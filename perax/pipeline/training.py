@@ -10,6 +10,8 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
+
 from perax.analysis import plots
 from perax.core.errors import InputError
 from perax.pipeline.bodies import split_name, with_messages
@@ -84,7 +86,7 @@ def train(train_config: Any, workdir: str, stage: str) -> dict:
   losses = loop.loss_history(workdir)
   steps = sorted(losses)
   figure = None
-  if steps:
+  if steps and jax.process_index() == 0:  # process 0 writes the run's files
     figure = plots.loss_curve(steps, [losses[s] for s in steps], os.path.join(workdir, 'loss.png'))
   return {
     'workdir': workdir,

@@ -41,16 +41,14 @@ import contextlib
 import dataclasses
 import hashlib
 import os
-from collections.abc import Iterator
 
 import jax
 import numpy as np
 import pyarrow as pa
 from jax.sharding import Mesh
 
-from perax.core import jsonio, log, rendezvous, settings_record
+from perax.core import jsonio, locks, log, rendezvous, settings_record
 from perax.core.errors import InputError, SkipCounter
-from perax.core.locks import RunLock
 from perax.core.progress import Progress
 from perax.data import clips as clips_lib
 from perax.data import labels as labels_lib
@@ -265,23 +263,10 @@ def generate(
     return _generate(job, utterances, out_dir, model, processor, mesh, batch_size)
 
 
-@contextlib.contextmanager
-def out_dir_lock(out_dir: str) -> Iterator[None]:
-  """One job per out_dir: process 0 holds its RunLock (re-entrant) while the block runs, so another
-  run, single- or multi-process, is refused; every process raises the InputError when it is taken.
-  A collective step: every process of a multi-process run enters it (perax.core.rendezvous)."""
-  lock = RunLock(out_dir, 'proxies out_dir') if jax.process_index() == 0 else None
-
-  def acquire() -> None:
-    if lock is not None:
-      lock.acquire()
-
-  try:
-    rendezvous.run_everywhere(f'{STAGE} lock', acquire)
-    yield
-  finally:
-    if lock is not None:
-      lock.release()
+def out_dir_lock(out_dir: str) -> contextlib.AbstractContextManager[None]:
+  """One job per out_dir (perax.core.locks.locked_for_the_run): process 0 holds its RunLock while
+  the block runs; every process raises the InputError when it is taken."""
+  return locks.locked_for_the_run(out_dir, 'proxies out_dir')
 
 
 def _generate(job, utterances, out_dir, model, processor, mesh, batch_size) -> ProxyResult:
