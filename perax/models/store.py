@@ -186,30 +186,22 @@ def _save_streaming(
   chunk_bytes: int,
   progress: Progress | None,
 ) -> None:
-  """Orbax partial saves of groups of at most ``chunk_bytes`` (one bigger array is a group alone).
-
-  The writer is this process alone (host numpy arrays), also inside a multi-process run where the
-  other processes do something else meanwhile: Orbax is told so, and waits for no other process.
-  """
-  alone = ocp.options.MultiprocessingOptions(
-    primary_host=jax.process_index(), active_processes={jax.process_index()}
-  )
-  with ocp.Context(multiprocessing_options=alone):
-    group: dict[str, np.ndarray] = {}
-    size = 0
-    for path, array in arrays:
-      if group and size + array.nbytes > chunk_bytes:
-        ocp.partial.save(state_dir, nest(group))
-        group, size = {}, 0
-      group[path] = array
-      size += array.nbytes
-      del array
-      if progress:
-        progress.update()
-    if group:
+  """Orbax partial saves of groups of at most ``chunk_bytes`` (one bigger array is a group alone)."""
+  group: dict[str, np.ndarray] = {}
+  size = 0
+  for path, array in arrays:
+    if group and size + array.nbytes > chunk_bytes:
       ocp.partial.save(state_dir, nest(group))
-    del group
-    ocp.partial.finalize(state_dir)
+      group, size = {}, 0
+    group[path] = array
+    size += array.nbytes
+    del array
+    if progress:
+      progress.update()
+  if group:
+    ocp.partial.save(state_dir, nest(group))
+  del group
+  ocp.partial.finalize(state_dir)
 
 
 def _remove(path: pathlib.Path) -> None:
