@@ -3,7 +3,6 @@
 import csv
 import dataclasses
 import json
-import logging
 import os
 import pathlib
 import shutil
@@ -11,12 +10,13 @@ import socket
 import subprocess
 import sys
 
+import log_lines
 import numpy as np
 import pytest
 from chromium_check import rendered_body
 
 from perax import pipeline
-from perax.core import jsonio, log
+from perax.core import jsonio
 from perax.data import tables
 
 SMALL = dict(votes_per_utterance=2, max_new_tokens=2, train_steps=6, bootstrap=20, sparse_k=(1, 3), repeats=1)
@@ -31,23 +31,10 @@ SMALL_FLAGS = [
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-class Lines(logging.Handler):
-  def __init__(self):
-    super().__init__()
-    self.lines = []
-
-  def emit(self, record):
-    self.lines.append(f'[{record.stage}] {record.getMessage()}' if record.stage else record.getMessage())
-
-
 def run_logged(config):
   """Runs the pipeline; returns its outputs and the log lines it wrote ('[stage] message')."""
-  handler = Lines()
-  log.logger().addHandler(handler)
-  try:
-    return pipeline.run_pipeline(config), handler.lines
-  finally:
-    log.logger().removeHandler(handler)
+  with log_lines.captured() as lines:
+    return pipeline.run_pipeline(config), lines
 
 
 def ran(lines):

@@ -3,15 +3,14 @@
 import dataclasses
 import hashlib
 import json
-import logging
 import os
 import pathlib
 
+import log_lines
 import pyarrow as pa
 import pytest
 
 from perax import analysis, pipeline
-from perax.core import log
 from perax.core.errors import InputError
 from perax.data import labels as labels_lib
 from perax.data import tables
@@ -22,23 +21,10 @@ from perax.pipeline import stages as stages_lib
 from perax.raters import prompts, proxies
 
 
-class Lines(logging.Handler):
-  """Collects perax.core.log's messages as '[stage] message'."""
-
-  def __init__(self):
-    super().__init__()
-    self.lines = []
-
-  def emit(self, record):
-    self.lines.append(f'[{record.stage}] {record.getMessage()}' if record.stage else record.getMessage())
-
-
 @pytest.fixture
 def lines():
-  handler = Lines()
-  log.logger().addHandler(handler)
-  yield handler.lines
-  log.logger().removeHandler(handler)
+  with log_lines.captured() as logged:
+    yield logged
 
 
 def _writer(directory, text, calls):

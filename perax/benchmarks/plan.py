@@ -105,8 +105,7 @@ class PlanSettings:
 
   def model_config(self, config: Qwen2AudioConfig) -> Qwen2AudioConfig:
     """``config`` with this plan's layer-stack overrides."""
-    overrides = dict(scan_layers=self.scan_layers, remat_policy=self.remat_policy)
-    return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    return config.with_overrides(scan_layers=self.scan_layers, remat_policy=self.remat_policy)
 
 
 @dataclasses.dataclass(frozen=True)

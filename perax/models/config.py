@@ -139,6 +139,11 @@ class Qwen2AudioConfig:
     if self.remat_policy not in REMAT_POLICIES:
       raise InputError(f'remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}')
 
+  def with_overrides(self, **overrides: Any) -> Qwen2AudioConfig:
+    """This config with the given fields replaced; a None value keeps the field (callers pass their
+    optional overrides through, e.g. ``attention_impl=None``). Values are validated as at construction."""
+    return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
   @classmethod
   def from_hf_dict(cls, config: Mapping[str, Any], path: os.PathLike | str | None = None) -> Qwen2AudioConfig:
     """Builds the config from a parsed HF ``config.json``.

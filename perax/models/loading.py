@@ -94,8 +94,9 @@ def load_model(
   param_dtype = jnp.dtype(dtype if param_dtype is None else param_dtype)
   store.check_not_unfinished(path)
   _, config = convert.read_hf_config(path)
-  overrides = dict(attention_impl=attention_impl, scan_layers=scan_layers, remat_policy=remat_policy)
-  config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+  config = config.with_overrides(
+    attention_impl=attention_impl, scan_layers=scan_layers, remat_policy=remat_policy
+  )
   tokenizer_files.check_audio_token(path, config)
   shardings_of = _shardings(config, mesh, rules) if shardings is None else _given(shardings)
   if store.is_converted(path):

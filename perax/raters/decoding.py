@@ -199,9 +199,13 @@ def constrain_cache(cache: kv_cache.KVCache, mesh: Mesh | None) -> kv_cache.KVCa
 # ordinary one, so the jit cache is keyed by architecture, shapes and mesh, never by the weights.
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def encode(graphdef, state, features, feature_lengths):
-  """``model.encode_audio``: ``[B, 128, F]`` features -> (``[B, F // 4, H]`` embeds, ``[B, F // 4]`` valid)."""
+@functools.partial(jax.jit, static_argnums=0, static_argnames='mesh')
+@activation_sharding.traced_in_mesh_argument
+def encode(graphdef, state, features, feature_lengths, *, mesh: Mesh | None = None):
+  """``model.encode_audio``: ``[B, 128, F]`` features -> (``[B, F // 4, H]`` embeds, ``[B, F // 4]`` valid).
+
+  ``mesh`` (static) is the mesh the inputs are split over; the activation constraints follow it.
+  """
   model = nnx.merge(graphdef, state)
   return model.encode_audio(features, feature_lengths)
 

@@ -37,7 +37,6 @@ resumption.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import os
@@ -62,6 +61,8 @@ STAGE = 'proxies'
 MODES = ('sample', 'score')
 SHARD_DIR = 'shards'
 JOB_FILE = 'job.json'
+# What the out_dir lock (perax.core.locks.locked_for_the_run: process 0 holds it) is called in errors.
+LOCK_WHAT = 'proxies out_dir'
 OUTPUT_FILES = {'sample': 'votes.parquet', 'score': 'scores.parquet'}
 SKIPPED_FILE = 'skipped.parquet'
 SKIPPED_SCHEMA = pa.schema([('utt_id', pa.string()), ('reason', pa.string()), ('message', pa.string())])
@@ -213,7 +214,8 @@ def generate_from_files(
   utterances = tables.read_utterances(manifest)
   mesh = local_mesh(mesh_shape)
   dtype = dtype or default_dtype()
-  with out_dir_lock(out_dir):  # before loading the model: a run into a busy out_dir fails at once
+  # Before loading the model: a run into a busy out_dir fails at once.
+  with locks.locked_for_the_run(out_dir, LOCK_WHAT):
     log.info(f'compute dtype {dtype}, mesh {dict(mesh.shape)}', stage=STAGE)
     model, _, processor = loading.load_model(checkpoint, dtype=dtype, mesh=mesh)
     return generate(job, utterances, out_dir, model, processor, mesh=mesh)
@@ -259,14 +261,8 @@ def generate(
     log.info(
       f'batch size {job.batch_size} rounded up to {batch_size}, a multiple of {devices} devices', STAGE
     )
-  with out_dir_lock(out_dir):
+  with locks.locked_for_the_run(out_dir, LOCK_WHAT):
     return _generate(job, utterances, out_dir, model, processor, mesh, batch_size)
-
-
-def out_dir_lock(out_dir: str) -> contextlib.AbstractContextManager[None]:
-  """One job per out_dir (perax.core.locks.locked_for_the_run): process 0 holds its RunLock while
-  the block runs; every process raises the InputError when it is taken."""
-  return locks.locked_for_the_run(out_dir, 'proxies out_dir')
 
 
 def _generate(job, utterances, out_dir, model, processor, mesh, batch_size) -> ProxyResult:

@@ -22,9 +22,8 @@ logical-axis rules (perax.models.sharding.parameter_shardings), so a model large
 runs; batches are split over 'data' x 'fsdp' and the caches follow the same rules. Every program is
 traced inside ``perax.models.activation_sharding.active(mesh)``, so the model's activation constraints
 keep the batch split inside it too (without a mesh they are no-ops). A jit cache entry never mixes
-the two: sample_votes and score_labels take the mesh as a static argument and enter ``active`` for it
-themselves (``traced_in_mesh_argument``); encode has no mesh argument, its inputs carry the mesh's
-shardings, and the sampler calls it inside ``active`` with its mesh.
+the two: encode, sample_votes and score_labels take the mesh as a static argument and enter
+``active`` for it themselves (``activation_sharding.traced_in_mesh_argument``).
 """
 
 from __future__ import annotations
@@ -39,7 +38,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from perax.models import activation_sharding, sharding
+from perax.models import sharding
 from perax.raters import decoding, label_scoring, prompts
 from perax.raters.decoding import (  # noqa: F401  (the sampler's public names)
   END_OF_TEXT,
@@ -129,13 +128,13 @@ class Sampler:
       feature_lengths: [B] valid frames per clip.
     """
     self._check_rows(len(features), 'features')
-    with activation_sharding.active(self.mesh):  # encode has no mesh argument (see the module doc)
-      embeds, valid = decoding.encode(
-        self._graphdef,
-        self._state,
-        self._shard(np.asarray(features, np.float32)),
-        self._shard(np.asarray(feature_lengths, np.int32)),
-      )
+    embeds, valid = decoding.encode(
+      self._graphdef,
+      self._state,
+      self._shard(np.asarray(features, np.float32)),
+      self._shard(np.asarray(feature_lengths, np.int32)),
+      mesh=self.mesh,
+    )
     return EncodedAudio(embeds, valid, prompts.num_audio_tokens(feature_lengths))
 
   def sample(
